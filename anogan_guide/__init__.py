@@ -1,0 +1,9 @@
+"""The AnoGAN Guidebook's supporting package: data, networks, methods, evaluation and plots."""
+
+from .data import ImageSet, OneClassSplit, load_one_class, load_split, save_split, subsample_test
+from .runs import Run, open_run, pick_device, seed_everything
+
+__all__ = [
+    "ImageSet", "OneClassSplit", "Run", "load_one_class", "load_split", "open_run",
+    "pick_device", "save_split", "seed_everything", "subsample_test",
+]

@@ -1,0 +1,191 @@
+"""The networks only (no training code): DCGAN G/D, GANomaly G/D and the GradCon autoencoder.
+
+DCGAN-style networks (DCGAN, GANomaly) need a power-of-two image size: depth follows the size,
+from the 4x4 bottleneck up (16: 2 up-sampling blocks, 32: 3, 64: 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+DCGAN_SIZES = (16, 32, 64)
+
+
+def _check_power_of_two(image_size: int, who: str) -> int:
+    if image_size not in DCGAN_SIZES:
+        raise ValueError(f"{who} needs a power-of-two image_size ({', '.join(map(str, DCGAN_SIZES))})"
+                         f"; got {image_size} - use image_size 32 (MNIST is padded/resized to it)")
+    return int(math.log2(image_size // 4))  # number of stride-2 blocks
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """DCGAN weight init: conv weights N(0, 0.02), BatchNorm weights N(1, 0.02), biases 0."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def _widths(blocks: int, base: int = 64) -> list[int]:
+    """Channel widths of the stride-2 blocks, image side first: 64, 128, 256, ..."""
+    return [base * 2**i for i in range(blocks)]
+
+
+class ConvEncoder(nn.Module):
+    """x (C, S, S) -> feature map (W, 4, 4) -> `out_dim` x 1 x 1. Conv 4/2/1 blocks with
+    LeakyReLU(0.2); BatchNorm after all but the first block unless `batch_norm=False`."""
+
+    def __init__(self, image_size: int, channels: int, out_dim: int, batch_norm: bool = True,
+                 who: str = "the encoder") -> None:
+        super().__init__()
+        blocks = _check_power_of_two(image_size, who)
+        widths = _widths(blocks)
+        layers: list[nn.Module] = []
+        prev = channels
+        for i, w in enumerate(widths):
+            layers.append(nn.Conv2d(prev, w, 4, 2, 1, bias=False))
+            if batch_norm and i > 0:
+                layers.append(nn.BatchNorm2d(w))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            prev = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(prev, out_dim, 4, 1, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ConvDecoder(nn.Module):
+    """z (latent_dim x 1 x 1) -> image (C, S, S) in [-1, 1]: ConvTranspose blocks with
+    BatchNorm + ReLU and a Tanh output (the DCGAN generator)."""
+
+    def __init__(self, image_size: int, channels: int, latent_dim: int,
+                 who: str = "the decoder") -> None:
+        super().__init__()
+        blocks = _check_power_of_two(image_size, who)
+        widths = _widths(blocks)[::-1]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
+        for w_in, w_out in zip(widths, widths[1:], strict=False):
+            layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out),
+                       nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+# ---------------------------------------------------------------------------------------------
+# DCGAN (AnoGAN)
+
+
+class Generator(nn.Module):
+    """DCGAN generator: z ~ N(0, 1) of `latent_dim` -> image in [-1, 1]."""
+
+    def __init__(self, latent_dim: int = 100, image_size: int = 32, channels: int = 1) -> None:
+        super().__init__()
+        self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
+        self.decoder = ConvDecoder(image_size, channels, latent_dim, who="the DCGAN generator")
+        self.apply(dcgan_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z.view(len(z), self.latent_dim, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator (or, with `wgan=True`, a WGAN-GP critic without BatchNorm).
+
+    `features(x)` is the last feature map, used by AnoGAN's discrimination loss and f-AnoGAN;
+    `forward(x)` returns one logit (critic value) per image."""
+
+    def __init__(self, image_size: int = 32, channels: int = 1, wgan: bool = False) -> None:
+        super().__init__()
+        self.image_size, self.channels, self.wgan = image_size, channels, wgan
+        self.encoder = ConvEncoder(image_size, channels, 1, batch_norm=not wgan,
+                                   who="the DCGAN discriminator")
+        self.apply(dcgan_init)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.head(self.features(x)).flatten()
+
+
+# ---------------------------------------------------------------------------------------------
+# GANomaly
+
+
+class GanomalyGenerator(nn.Module):
+    """Encoder E1 -> decoder -> encoder E2, separate weights: returns (x_hat, z, z_hat)."""
+
+    def __init__(self, image_size: int = 32, channels: int = 1, latent_dim: int = 100) -> None:
+        super().__init__()
+        self.image_size, self.channels, self.latent_dim = image_size, channels, latent_dim
+        self.encoder1 = ConvEncoder(image_size, channels, latent_dim, who="GANomaly")
+        self.decoder = ConvDecoder(image_size, channels, latent_dim, who="GANomaly")
+        self.encoder2 = ConvEncoder(image_size, channels, latent_dim, who="GANomaly")
+        self.apply(dcgan_init)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = self.encoder1(x)
+        x_hat = self.decoder(z)
+        z_hat = self.encoder2(x_hat)
+        return x_hat, z.flatten(1), z_hat.flatten(1)
+
+
+class GanomalyDiscriminator(Discriminator):
+    """GANomaly's discriminator: the DCGAN discriminator; `features` feeds L_adv."""
+
+    def __init__(self, image_size: int = 32, channels: int = 1) -> None:
+        super().__init__(image_size, channels, wgan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# GradCon
+
+
+GRADCON_WIDTHS = (32, 32, 64, 64)
+
+
+class GradConAE(nn.Module):
+    """GradCon's convolutional autoencoder, inputs in [0, 1]: 4 x Conv(k4, s2, p2) + ReLU
+    (32/32/64/64 channels), mirrored by 4 ConvTranspose layers and a Sigmoid. At 28x28 gray it
+    has 230,721 parameters. Output padding makes every decoder size mirror the encoder's."""
+
+    def __init__(self, image_size: int = 28, channels: int = 1) -> None:
+        super().__init__()
+        self.image_size, self.channels = image_size, channels
+        sizes = [image_size]
+        for _ in GRADCON_WIDTHS:
+            sizes.append((sizes[-1] + 2 * 2 - 4) // 2 + 1)
+        enc: list[nn.Module] = []
+        prev = channels
+        for w in GRADCON_WIDTHS:
+            enc += [nn.Conv2d(prev, w, 4, stride=2, padding=2), nn.ReLU(True)]
+            prev = w
+        dec: list[nn.Module] = []
+        outs = list(GRADCON_WIDTHS[::-1][1:]) + [channels]
+        for i, w in enumerate(outs):
+            size_in, size_out = sizes[-1 - i], sizes[-2 - i]
+            pad = size_out - ((size_in - 1) * 2 - 4 + 4)
+            dec += [nn.ConvTranspose2d(prev, w, 4, stride=2, padding=2, output_padding=pad),
+                    nn.ReLU(True) if i < len(outs) - 1 else nn.Sigmoid()]
+            prev = w
+        self.encoder = nn.Sequential(*enc)
+        self.decoder = nn.Sequential(*dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+    def gradient_layers(self) -> list[str]:
+        """Names (as in named_parameters) of the decoder's transposed-conv weights."""
+        return [f"decoder.{i}.weight" for i, m in enumerate(self.decoder)
+                if isinstance(m, nn.ConvTranspose2d)]

@@ -1,0 +1,131 @@
+"""Matplotlib figures shared by every notebook. Each function returns its Figure.
+
+Grids go through torchvision's make_grid; score plots take score tables (term -> per-image values)
+and 0/1 labels, so no plot special-cases a method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+
+def _np(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def image_grid(images: torch.Tensor, *, title: str = "", value_range=(0.0, 1.0), nrow: int = 8,
+               ax=None) -> Figure:
+    """Show a batch of images as one grid (torchvision's make_grid)."""
+    from torchvision.utils import make_grid
+
+    lo, hi = value_range
+    images = ((images.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(12, 1.2 * nrow), 1.2 * max(1, -(-len(images) // nrow))))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray" if images.shape[1] == 1 else None)
+    ax.set_title(title)
+    ax.axis("off")
+    return ax.figure
+
+
+def loss_curves(history: Mapping[str, Sequence[float]], *, title: str = "training losses",
+                smooth: int = 1) -> Figure:
+    """One panel per loss, per step (moving average over `smooth` steps)."""
+    names = list(history)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        values = np.asarray(history[name], dtype=float)
+        if smooth > 1 and len(values) >= smooth:
+            values = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
+        ax.plot(values, lw=1)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(curves: Mapping[str, tuple], *, title: str = "ROC (anomaly = positive)") -> Figure:
+    """ROC curves of several score sets on one plot: {name: (scores, labels)}."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    for name, (scores, labels) in curves.items():
+        fpr, tpr, _ = roc_curve(_np(labels), _np(scores))
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(_np(labels), _np(scores)):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def term_histograms(terms: Mapping[str, torch.Tensor], labels, *, bins: int = 40,
+                    title: str = "") -> Figure:
+    """A histogram per score term, normal vs anomalous test images."""
+    labels = _np(labels).astype(bool)
+    names = list(terms)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        values = _np(terms[name]).astype(float)
+        edges = np.histogram_bin_edges(values, bins=bins)
+        ax.hist(values[~labels], bins=edges, alpha=0.6, density=True, label="normal")
+        ax.hist(values[labels], bins=edges, alpha=0.6, density=True, label="anomalous")
+        ax.set_title(name)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def box_per_class(values, classes, class_names: Sequence[str], *, normal_class=None,
+                  ylabel: str = "score") -> Figure:
+    """A box plot of one per-image value for each original test class."""
+    values, classes = _np(values).astype(float), _np(classes)
+    present = [i for i in range(len(class_names)) if (classes == i).any()]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(present)), 3))
+    ax.boxplot([values[classes == i] for i in present], showfliers=False)
+    ax.set_xticks(range(1, len(present) + 1), [class_names[i] for i in present])
+    if normal_class is not None and str(normal_class) in class_names:
+        ax.axvspan(present.index(class_names.index(str(normal_class))) + 0.5,
+                   present.index(class_names.index(str(normal_class))) + 1.5, alpha=0.15,
+                   color="green", label="normal class")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("test class")
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def pca_scatter(features, labels, *, title: str = "PCA of the latent space", seed: int = 0) -> Figure:
+    """2-d PCA (scikit-learn) of per-image features, normal vs anomalous."""
+    from sklearn.decomposition import PCA
+
+    x = _np(features).reshape(len(_np(labels)), -1).astype(float)
+    labels = _np(labels).astype(bool)
+    xy = PCA(n_components=2, random_state=seed).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.scatter(*xy[~labels].T, s=4, alpha=0.5, label="normal")
+    ax.scatter(*xy[labels].T, s=4, alpha=0.5, label="anomalous")
+    ax.set_title(title)
+    ax.legend(fontsize=8, markerscale=3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_counts(scores, labels, threshold: float) -> np.ndarray:
+    """[[TN, FP], [FN, TP]] at a threshold (scikit-learn's confusion_matrix)."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(_np(labels).astype(int), (_np(scores) > threshold).astype(int),
+                            labels=[0, 1])

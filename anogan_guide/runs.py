@@ -1,0 +1,264 @@
+"""Run folders, atomic writes, checkpoints, seeding, device choice and progress bars."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def quiet() -> bool:
+    """True when ANOGAN_GUIDE_QUIET=1: every progress bar of the package stays silent (CI logs)."""
+    return os.environ.get("ANOGAN_GUIDE_QUIET", "0") not in ("", "0", "false", "False")
+
+
+def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
+    """The one progress bar of the package (tqdm.auto: a widget in Jupyter, text elsewhere)."""
+    kwargs.setdefault("disable", quiet())
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic algorithms where it has them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """"auto" is CUDA when present, else the CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for CUDA but none is available; use 'auto' or 'cpu'")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: write a temporary file beside the target, then rename it over the target.
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically, keys in the given order, with a trailing newline."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, *, value_range=(0.0, 1.0), nrow=8):
+    """Save a batch of images as one PNG grid (torchvision's save_image), atomically."""
+    from torchvision.utils import save_image
+
+    lo, hi = value_range
+    images = ((images.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        save_image(images, f, nrow=nrow, padding=2, format="png")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+
+
+@dataclass(frozen=True)
+class Run:
+    """The folder one run writes to: checkpoints, progress images, test images, split, metrics."""
+
+    root: Path
+
+    @property
+    def model_saves(self) -> Path:
+        return self.root / "model_saves"
+
+    @property
+    def train_img(self) -> Path:
+        return self.root / "train_img"
+
+    @property
+    def test_imgs(self) -> Path:
+        return self.root / "test_imgs"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
+
+    @property
+    def split_path(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    def checkpoint(self, method: str, which: str = "last") -> Path:
+        """model_saves/{method}_{which}.pt, e.g. anogan_last.pt or ganomaly_best.pt."""
+        return self.model_saves / f"{method}_{which}.pt"
+
+
+def open_run(run_dir: str | Path | None = None) -> Run:
+    """Create (if needed) and return the run folder; "" or None means the repository root."""
+    root = Path(run_dir).expanduser().resolve() if run_dir else REPO_ROOT
+    run = Run(root)
+    for folder in (run.root, run.model_saves, run.train_img, run.test_imgs, run.scores):
+        folder.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: one format for every method.
+#
+# {"format": 1, "method", "config", "epoch", "models": {name: state_dict},
+#  "optimizers": {name: state_dict}, "rng": {...}, "metrics": {...}, "history": {...},
+#  "extra": {name: tensor}}
+# Everything in it is a tensor, a number, a string or a container of those, so it loads with
+# torch.load(weights_only=True).
+
+CHECKPOINT_FORMAT = 1
+
+
+def rng_state(*generators: torch.Generator) -> dict:
+    """The state of every random generator a training run uses, in a weights_only-safe form."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "state": list(py_state), "gauss": gauss},
+        "generators": [g.get_state() for g in generators],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, *generators: torch.Generator) -> None:
+    """Restore what rng_state() captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    for gen, saved in zip(generators, state["generators"], strict=True):
+        gen.set_state(saved)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, *, method: str, config: dict, epoch: int,
+                    models: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                    rng: dict, metrics: dict | None = None, history: dict | None = None,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write one checkpoint dict atomically (see the format above)."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "method": method,
+        "config": config,
+        "epoch": epoch,
+        "models": {name: m.state_dict() for name, m in models.items()},
+        "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
+        "rng": rng,
+        "metrics": metrics or {},
+        "history": history or {},
+        "extra": {k: v.detach().cpu() for k, v in (extra or {}).items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here (missing, other method, other architecture)."""
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint dict with torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; run the method's training notebook first "
+                              f"with the same run_dir")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}); "
+                              f"delete it and train again") from err
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an anogan_guide checkpoint (format "
+                              f"{CHECKPOINT_FORMAT}); delete it and train again")
+    return checkpoint
+
+
+def restore_models(checkpoint: dict, models: dict[str, torch.nn.Module],
+                   optimizers: dict[str, torch.optim.Optimizer] | None = None,
+                   path: str | Path = "checkpoint") -> None:
+    """Load model (and optimizer) states; a mismatch names the checkpoint and the fix."""
+    for name, model in models.items():
+        try:
+            model.load_state_dict(checkpoint["models"][name])
+        except (KeyError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0][:160]
+            raise CheckpointError(
+                f"{path} does not fit this {name} ({first}); it was written for config "
+                f"{checkpoint.get('config')} - use the same parameters or another run_dir"
+            ) from None
+    for name, opt in (optimizers or {}).items():
+        opt.load_state_dict(checkpoint["optimizers"][name])
+
+
+def load_config_checked(checkpoint: dict, config: dict, path: str | Path, keys: Iterable[str]):
+    """Refuse to resume when an architecture-defining config value differs from the checkpoint's."""
+    saved = checkpoint.get("config", {})
+    diff = {k: (saved.get(k), config.get(k)) for k in keys if saved.get(k) != config.get(k)}
+    if diff:
+        desc = ", ".join(f"{k}={old!r} there vs {new!r} here" for k, (old, new) in diff.items())
+        raise CheckpointError(f"{path} was written for another architecture ({desc}); use the "
+                              f"same parameters, another run_dir, or resume=False")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run fn() and return (result, seconds), synchronising CUDA so the time is real."""
+    import time
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
