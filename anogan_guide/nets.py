@@ -16,7 +16,8 @@ DCGAN_SIZES = (16, 32, 64)
 
 def _check_power_of_two(image_size: int, who: str) -> int:
     if image_size not in DCGAN_SIZES:
-        raise ValueError(f"{who} needs a power-of-two image_size ({', '.join(map(str, DCGAN_SIZES))})"
+        sizes = ", ".join(map(str, DCGAN_SIZES))
+        raise ValueError(f"{who} needs a power-of-two image_size ({sizes})"
                          f"; got {image_size} - use image_size 32 (MNIST is padded/resized to it)")
     return int(math.log2(image_size // 4))  # number of stride-2 blocks
 
@@ -39,13 +40,14 @@ def _widths(blocks: int, base: int = 64) -> list[int]:
 
 class ConvEncoder(nn.Module):
     """x (C, S, S) -> feature map (W, 4, 4) -> `out_dim` x 1 x 1. Conv 4/2/1 blocks with
-    LeakyReLU(0.2); BatchNorm after all but the first block unless `batch_norm=False`."""
+    LeakyReLU(0.2); BatchNorm after all but the first block unless `batch_norm=False`;
+    `base` is the first block's width (doubled per block)."""
 
     def __init__(self, image_size: int, channels: int, out_dim: int, batch_norm: bool = True,
-                 who: str = "the encoder") -> None:
+                 who: str = "the encoder", base: int = 64) -> None:
         super().__init__()
         blocks = _check_power_of_two(image_size, who)
-        widths = _widths(blocks)
+        widths = _widths(blocks, base)
         layers: list[nn.Module] = []
         prev = channels
         for i, w in enumerate(widths):
@@ -63,13 +65,13 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """z (latent_dim x 1 x 1) -> image (C, S, S) in [-1, 1]: ConvTranspose blocks with
-    BatchNorm + ReLU and a Tanh output (the DCGAN generator)."""
+    BatchNorm + ReLU and a Tanh output (the DCGAN generator); `base` as for ConvEncoder."""
 
     def __init__(self, image_size: int, channels: int, latent_dim: int,
-                 who: str = "the decoder") -> None:
+                 who: str = "the decoder", base: int = 64) -> None:
         super().__init__()
         blocks = _check_power_of_two(image_size, who)
-        widths = _widths(blocks)[::-1]
+        widths = _widths(blocks, base)[::-1]
         layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),
                                    nn.BatchNorm2d(widths[0]), nn.ReLU(True)]
         for w_in, w_out in zip(widths, widths[1:], strict=False):
@@ -124,14 +126,17 @@ class Discriminator(nn.Module):
 
 
 class GanomalyGenerator(nn.Module):
-    """Encoder E1 -> decoder -> encoder E2, separate weights: returns (x_hat, z, z_hat)."""
+    """Encoder E1 -> decoder -> encoder E2, separate weights: returns (x_hat, z, z_hat).
+    `width` is the first block's channel count (64 as published; smaller is faster)."""
 
-    def __init__(self, image_size: int = 32, channels: int = 1, latent_dim: int = 100) -> None:
+    def __init__(self, image_size: int = 32, channels: int = 1, latent_dim: int = 100,
+                 width: int = 64) -> None:
         super().__init__()
         self.image_size, self.channels, self.latent_dim = image_size, channels, latent_dim
-        self.encoder1 = ConvEncoder(image_size, channels, latent_dim, who="GANomaly")
-        self.decoder = ConvDecoder(image_size, channels, latent_dim, who="GANomaly")
-        self.encoder2 = ConvEncoder(image_size, channels, latent_dim, who="GANomaly")
+        self.width = width
+        self.encoder1 = ConvEncoder(image_size, channels, latent_dim, who="GANomaly", base=width)
+        self.decoder = ConvDecoder(image_size, channels, latent_dim, who="GANomaly", base=width)
+        self.encoder2 = ConvEncoder(image_size, channels, latent_dim, who="GANomaly", base=width)
         self.apply(dcgan_init)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,10 +147,15 @@ class GanomalyGenerator(nn.Module):
 
 
 class GanomalyDiscriminator(Discriminator):
-    """GANomaly's discriminator: the DCGAN discriminator; `features` feeds L_adv."""
+    """GANomaly's discriminator: the DCGAN discriminator (first block `width` channels);
+    `features` (its last feature map) feeds L_adv, `forward` gives one logit per image."""
 
-    def __init__(self, image_size: int = 32, channels: int = 1) -> None:
-        super().__init__(image_size, channels, wgan=False)
+    def __init__(self, image_size: int = 32, channels: int = 1, width: int = 64) -> None:
+        nn.Module.__init__(self)
+        self.image_size, self.channels, self.wgan, self.width = image_size, channels, False, width
+        self.encoder = ConvEncoder(image_size, channels, 1, who="the GANomaly discriminator",
+                                   base=width)
+        self.apply(dcgan_init)
 
 
 # ---------------------------------------------------------------------------------------------
