@@ -37,8 +37,9 @@ def image_grid(images: torch.Tensor, *, title: str = "", value_range=(0.0, 1.0),
 
 
 def loss_curves(history: Mapping[str, Sequence[float]], *, title: str = "training losses",
-                smooth: int = 1) -> Figure:
-    """One panel per loss, per step (moving average over `smooth` steps)."""
+                smooth: int = 1, xlabel: str = "step") -> Figure:
+    """One panel per loss, per step (moving average over `smooth` steps; `xlabel="epoch"` for
+    per-epoch histories)."""
     names = list(history)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
@@ -47,7 +48,7 @@ def loss_curves(history: Mapping[str, Sequence[float]], *, title: str = "trainin
             values = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
         ax.plot(values, lw=1)
         ax.set_title(name)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
