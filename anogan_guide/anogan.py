@@ -607,3 +607,31 @@ def reconstruct(gan: TrainedGAN, z: torch.Tensor) -> torch.Tensor:
 def parameter_count(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters())
+
+
+def save_examples(run: Run, gan: TrainedGAN, images: torch.Tensor, result: LatentMap, *,
+                  n: int = 8, prefix: str = "anogan"):
+    """Original, G(z) and residual map |x - G(z)| (three rows) for the `n` lowest-scored (most
+    normal-looking) and `n` highest-scored images; saved as PNGs to test_imgs/. Returns the
+    figure and the paths."""
+    import matplotlib.pyplot as plt
+
+    from .plots import image_grid
+    from .runs import save_image_grid
+
+    order = torch.argsort(result.score)
+    picks = {"lowest": order[:n], "highest": order.flip(0)[:n]}
+    fig, axes = plt.subplots(2, 1, figsize=(min(12, 1.3 * n), 6.4))
+    paths = []
+    for ax, (name, idx) in zip(axes, picks.items(), strict=True):
+        x = images[idx].float()
+        gz = reconstruct(gan, result.z[idx])
+        rows = torch.cat([(x + 1) / 2, (gz + 1) / 2, (x - gz).abs() / 2])  # all in [0, 1]
+        path = run.test_imgs / f"{prefix}_{name}_scores.png"
+        save_image_grid(rows, path, nrow=len(idx))
+        paths.append(path)
+        scores = ", ".join(f"{float(s):.0f}" for s in result.score[idx])
+        image_grid(rows, nrow=len(idx), ax=ax,
+                   title=f"{name} scores ({scores}): original / G(z) / |x - G(z)|")
+    fig.tight_layout()
+    return fig, paths

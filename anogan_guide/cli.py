@@ -1,0 +1,184 @@
+"""`anogan-guide run`: execute the guidebook's notebooks headlessly with papermill.
+
+    anogan-guide run [NOTEBOOK ...] [-p NAME VALUE ...] [-f PARAMS.yaml] --out DIR
+
+Executed notebooks go to DIR/notebooks/, artifacts to DIR (passed to every notebook as
+`run_dir`). A parameters file holds top-level values for every notebook that declares them and
+an optional `notebooks:` mapping of per-notebook values (`notebooks: {03_ganomaly: {epochs: 2}}`).
+`-p` values are parsed as YAML scalars (3 -> int, true -> bool, ../data -> str) and override both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from .evaluate import metrics_table, read_metrics
+from .runs import REPO_ROOT, Run
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PATH_PARAMETERS = ("data_root",)  # made absolute: the kernel's cwd is not the caller's
+
+
+class UsageError(ValueError):
+    """Bad command-line input; printed as one line, exit status 2."""
+
+
+def all_notebooks() -> list[Path]:
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def resolve_notebooks(names: list[str]) -> list[Path]:
+    """Paths as given, or bare names (`02_latent_mapping`) looked up in notebooks/."""
+    if not names:
+        found = all_notebooks()
+        if not found:
+            raise UsageError(f"no notebooks in {NOTEBOOK_DIR}")
+        return found
+    paths = []
+    for name in names:
+        path = Path(name)
+        candidates = [path, NOTEBOOK_DIR / path.name, NOTEBOOK_DIR / f"{path.name}.ipynb"]
+        hit = next((c for c in candidates if c.is_file() and c.suffix == ".ipynb"), None)
+        if hit is None:
+            known = ", ".join(p.stem for p in all_notebooks())
+            raise UsageError(f"notebook {name!r} not found; use a path or one of: {known}")
+        paths.append(hit.resolve())
+    return paths
+
+
+def declared_parameters(notebook: Path) -> dict[str, dict]:
+    """The parameters a notebook's `parameters` cell declares (papermill.inspect_notebook)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def read_params_file(path: str | None) -> tuple[dict, dict]:
+    """(values for every notebook, {notebook stem: values}) from a YAML parameters file."""
+    if not path:
+        return {}, {}
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"parameters file {path} not found; pass an existing YAML file to -f")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"parameters file {path} is not valid YAML ({err.__class__.__name__}); "
+                         f"fix its syntax") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"parameters file {path} must be a mapping of NAME: VALUE")
+    per_notebook = data.pop("notebooks", None) or {}
+    if not isinstance(per_notebook, dict) or not all(isinstance(v, dict)
+                                                     for v in per_notebook.values()):
+        raise UsageError(f"{path}: 'notebooks' must map notebook names to NAME: VALUE mappings")
+    return data, per_notebook
+
+
+def plan_parameters(notebooks: list[Path], common: dict, per_notebook: dict,
+                    overrides: dict, out: Path) -> list[dict]:
+    """The parameters to inject into each notebook. A -p name that no selected notebook declares,
+    or a file name that no notebook of the guidebook declares, is an error."""
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    selected = set().union(*(set(d) for d in declared.values()))
+    unknown = sorted(set(overrides) - selected)
+    if unknown:
+        raise UsageError(f"unknown parameter {', '.join(unknown)}; the selected notebooks "
+                         f"declare: {', '.join(sorted(selected))}")
+    guide = {nb.stem: nb for nb in all_notebooks()} | {nb.stem: nb for nb in notebooks}
+    if set(common) - selected:
+        known = set().union(*(set(declared_parameters(nb)) for nb in guide.values()))
+        unknown = sorted(set(common) - known)
+        if unknown:
+            raise UsageError(f"unknown parameter {', '.join(unknown)} in the parameters file; "
+                             f"the notebooks declare: {', '.join(sorted(known))}")
+    for stem, values in per_notebook.items():
+        if stem not in guide:
+            raise UsageError(f"the parameters file names notebook {stem!r}, which does not "
+                             f"exist; use one of: {', '.join(sorted(guide))}")
+        names = set(declared.get(guide[stem]) or declared_parameters(guide[stem]))
+        bad = sorted(set(values) - names)
+        if bad:
+            raise UsageError(f"unknown parameter {', '.join(bad)} for {stem} in the parameters "
+                             f"file; it declares: {', '.join(sorted(names))}")
+    plans = []
+    for nb in notebooks:
+        values = {**common, **per_notebook.get(nb.stem, {}), **overrides}
+        values = {k: v for k, v in values.items() if k in declared[nb]}
+        for k in PATH_PARAMETERS:
+            if isinstance(values.get(k), str) and values[k]:
+                values[k] = str(Path(values[k]).expanduser().resolve())
+        if "run_dir" in declared[nb]:
+            values["run_dir"] = str(out)
+        plans.append(values)
+    return plans
+
+
+def execute(notebooks: list[Path], plans: list[dict], out: Path) -> None:
+    """Run each notebook with papermill; stop at the first failure with its notebook and cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    for nb, params in zip(notebooks, plans, strict=True):
+        target = out / "notebooks" / nb.name
+        print(f"[anogan-guide] {nb.name}  " + " ".join(f"{k}={v}" for k, v in params.items()
+                                                        if k != "run_dir"), flush=True)
+        try:
+            papermill.execute_notebook(str(nb), str(target), parameters=params,
+                                       kernel_name="python3", progress_bar=False,
+                                       cwd=str(out), log_output=False)
+        except PapermillExecutionError as err:
+            raise RunFailed(f"{nb.name} failed in cell {err.cell_index} (execution count "
+                            f"{err.exec_count}): {err.ename}: {err.evalue}; executed copy: "
+                            f"{target}") from None
+
+
+class RunFailed(RuntimeError):
+    """A notebook raised; printed as one line, exit status 1."""
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    notebooks = resolve_notebooks(args.notebooks)
+    common, per_notebook = read_params_file(args.params_file)
+    overrides = {name: yaml.safe_load(value) if value != "" else "" for name, value in args.p}
+    out = Path(args.out).expanduser().resolve()
+    plans = plan_parameters(notebooks, common, per_notebook, overrides, out)
+    out.mkdir(parents=True, exist_ok=True)
+    execute(notebooks, plans, out)
+    data = read_metrics(Run(out))
+    if data:
+        print(metrics_table(data))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anogan-guide", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute notebooks with papermill into a run folder")
+    run.add_argument("notebooks", nargs="*", help="notebooks to run (default: all, in order)")
+    run.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter for every notebook that declares it")
+    run.add_argument("-f", dest="params_file", metavar="PARAMS.yaml", help="parameters file")
+    run.add_argument("--out", required=True, help="the run folder (run_dir) to write")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"anogan-guide: error: {err}", file=sys.stderr)
+        return 2
+    except RunFailed as err:
+        print(f"anogan-guide: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

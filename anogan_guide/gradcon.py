@@ -1,0 +1,426 @@
+"""GradCon (Kwon et al., ECCV 2020): an autoencoder whose decoder gradients score anomalies.
+
+Training: loss = MSE + beta * L_grad, where L_grad is the mean over the decoder's transposed-conv
+weights W of -cos(dMSE/dW, ref_W). dMSE/dW is taken with `create_graph=True`, so L_grad trains
+the weights through a second-order term; ref_W is the running (cumulative) average of dMSE/dW
+over all training steps so far (L_grad = 0 at the first step). The references are saved in the
+checkpoint (`extra`), so a reloaded model scores exactly as the trained one.
+
+Scoring: anomaly score = MSE_i - grad_weight * mean_W cos(dMSE_i/dW, ref_W) for each image i
+(the paper's normality score negated, so higher = more anomalous).
+
+The official code scores one image at a time with a backward pass each. Here a batch costs one
+forward and one backward pass to the decoder's layer outputs, plus a per-layer contraction:
+for a transposed convolution y = convT(a, W), the per-image weight gradient is
+g_i = A_i @ U_i^T, with A_i the layer input (C_in x positions) and U_i the patches of
+dMSE_i/dy_i taken as the adjoint convolution sees them (C_out*k*k x positions). Then
+<g_i, r> and |g_i| come either from g_i itself (layers with many positions and small weights) or,
+without materialising g_i, as <dy_i, convT(a_i, r)> and |g_i|^2 = <A_i^T A_i, U_i^T U_i>
+(the "ghost norm" of differentially private training; layers with few positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import ImageSet, OneClassSplit
+from .nets import GradConAE
+from .runs import Run, save_image_grid
+from .training import TrainingLoop, load_trained
+
+METHOD = "gradcon"
+EPS = 1e-12  # guards the cosine's denominator against an all-zero gradient
+REF_PREFIX = "ref/"  # reference gradients in the checkpoint's `extra` dict: "ref/<param name>"
+REF_STEPS = "ref_steps"  # how many training steps the running averages hold
+
+ScoreTable = dict[str, torch.Tensor]
+
+
+@dataclass
+class GradConConfig:
+    """GradCon's training and scoring parameters (json-safe)."""
+
+    epochs: int = 20  # training epochs (official default 1000; best epoch by validation loss)
+    batch_size: int = 64  # training batch size
+    lr: float = 1e-3  # Adam learning rate
+    beta: float = 0.03  # weight of the gradient loss L_grad in training
+    grad_weight: float = 0.12  # weight of the mean cosine in the anomaly score
+    score_batch_size: int = 256  # images per vectorised scoring pass
+    seed: int = 0  # shuffling seed
+    resume: bool = False  # continue from model_saves/gradcon_last.pt when it exists
+
+
+@dataclass
+class TrainedGradCon:
+    """A trained (or reloaded) GradCon autoencoder with its reference gradients."""
+
+    model: GradConAE
+    reference: dict[str, torch.Tensor]  # decoder transposed-conv weight name -> mean gradient
+    config: GradConConfig
+    epoch: int = 0  # epoch of these weights
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+    history: dict[str, list[float]] = field(default_factory=dict)  # per step
+    epoch_history: dict[str, list[float]] = field(default_factory=dict)  # per epoch (+ val_loss)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.reference)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of two tensors taken as flat vectors (differentiable)."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    return (a @ b) / (a.norm() * b.norm()).clamp_min(EPS)
+
+
+def gradient_loss(grads: Iterable[torch.Tensor], reference: Iterable[torch.Tensor]) -> torch.Tensor:
+    """L_grad = mean over layers of -cos(gradient, reference gradient)."""
+    cosines = [cosine(g, r) for g, r in zip(grads, reference, strict=True)]
+    return -torch.stack(cosines).mean()
+
+
+def gradcon_step(model: GradConAE, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                 reference: dict[str, torch.Tensor], steps: torch.Tensor, beta: float
+                 ) -> dict[str, torch.Tensor]:
+    """One training step: MSE + beta * L_grad, then fold this step's gradient into the running
+    average reference (in place; `steps` counts the steps averaged so far)."""
+    params = dict(model.named_parameters())
+    weights = [params[name] for name in reference]
+    x_hat = model(x)
+    mse = F.mse_loss(x_hat, x)
+    use_grad_loss = beta != 0 and int(steps) > 0  # no reference yet at the first step
+    # create_graph: L_grad depends on the weights through dMSE/dW, so it trains them too
+    grads = torch.autograd.grad(mse, weights, create_graph=use_grad_loss, retain_graph=True)
+    if use_grad_loss:
+        l_grad = gradient_loss(grads, reference.values())
+        loss = mse + beta * l_grad
+    else:
+        l_grad = torch.zeros((), device=x.device)
+        loss = mse
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        steps += 1
+        for g, ref in zip(grads, reference.values(), strict=True):
+            ref += (g.detach() - ref) / steps  # the cumulative mean of all steps' gradients
+    return {"loss": loss.detach(), "mse": mse.detach(), "l_grad": l_grad.detach()}
+
+
+def _arch(split: OneClassSplit) -> dict:
+    return {"image_size": split.image_size, "channels": split.channels}
+
+
+def train(split: OneClassSplit, config: GradConConfig, run: Run,
+          device: torch.device | str = "cpu") -> TrainedGradCon:
+    """Train GradCon on the split's normal training images; the best epoch is the one with the
+    lowest validation loss (the training loss per validation normal, see `validation_loss`)."""
+    device = torch.device(device)
+    if config.batch_size < 1 or config.score_batch_size < 1:
+        raise ValueError("batch_size and score_batch_size must be at least 1; e.g. "
+                         "-p batch_size 64")
+    model = GradConAE(split.image_size, split.channels).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    reference = {name: torch.zeros_like(dict(model.named_parameters())[name])
+                 for name in model.gradient_layers()}
+    steps = torch.zeros((), dtype=torch.long)
+    extra = {REF_PREFIX + k: v for k, v in reference.items()} | {REF_STEPS: steps}
+    shuffle = torch.Generator().manual_seed(config.seed)
+    loop = TrainingLoop(run, METHOD, asdict(config) | _arch(split), models={"ae": model},
+                        optimizers={"adam": optimizer}, epochs=config.epochs,
+                        resume=config.resume, generators=(shuffle,), extra=extra)
+    # after a resume the loop holds the restored tensors: train on those
+    reference = {k: loop.extra[REF_PREFIX + k] for k in reference}
+    steps = loop.extra[REF_STEPS]
+    loader = split.train.loader(config.batch_size, shuffle=True, generator=shuffle)
+    val = split.val.tensors()
+    preview = val[:8].to(device)
+    for _ in loop.epochs():
+        model.train()
+        for step, (x, _) in loop.steps(loader):
+            losses = gradcon_step(model, optimizer, x.to(device), reference, steps, config.beta)
+            loop.record(step, **losses)
+        model.eval()
+        val_loss = validation_loss(model, reference, val, beta=config.beta,
+                                   batch_size=config.score_batch_size)
+        with torch.no_grad():
+            images = torch.cat([preview, model(preview)])
+        loop.end_epoch(val_loss=val_loss, images=images, value_range=(0, 1), nrow=8)
+    model.eval()
+    return TrainedGradCon(model, reference, config, epoch=loop.epoch, best_epoch=loop.best_epoch,
+                          train_seconds=loop.train_seconds, history=loop.history,
+                          epoch_history=loop.epoch_history)
+
+
+def validation_loss(model: nn.Module, reference: Mapping[str, torch.Tensor], val_images,
+                    *, beta: float = 0.03, batch_size: int = 256) -> float:
+    """The training loss evaluated per validation normal (MSE_i + beta * L_grad_i, with each
+    image's own gradient, as at test time), averaged. Uses validation normals only."""
+    table = score_table(model, reference, val_images, batch_size=batch_size, grad_weight=beta)
+    return float((table["mse"] + beta * table["l_grad"]).mean())
+
+
+def load(run: Run, device: torch.device | str = "cpu", which: str = "best") -> TrainedGradCon:
+    """Reload a trained GradCon (weights and reference gradients) from the run's checkpoint."""
+    from .runs import read_checkpoint
+
+    path = run.checkpoint(METHOD, which)
+    saved = read_checkpoint(path)["config"]  # to build the right architecture first
+    model = GradConAE(saved["image_size"], saved["channels"])
+    checkpoint = load_trained(run, METHOD, {"ae": model}, which=which, map_location="cpu")
+    model.to(device).eval()
+    fields = {f for f in GradConConfig.__dataclass_fields__}
+    config = GradConConfig(**{k: v for k, v in checkpoint["config"].items() if k in fields})
+    reference = {k[len(REF_PREFIX):]: v.to(device) for k, v in checkpoint["extra"].items()
+                 if k.startswith(REF_PREFIX)}
+    m = checkpoint["metrics"]
+    return TrainedGradCon(model, reference, config, epoch=checkpoint["epoch"],
+                          best_epoch=m.get("best_epoch", -1),
+                          train_seconds=m.get("train_seconds", 0.0),
+                          history=checkpoint["history"].get("steps", {}),
+                          epoch_history=checkpoint["history"].get("epochs", {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _image_batches(images, batch_size: int) -> Iterator[torch.Tensor]:
+    """Float image batches from a tensor (N, C, H, W), an ImageSet, or an iterable of batches
+    (a DataLoader's (images, labels) pairs: only the images are used)."""
+    if isinstance(images, torch.Tensor):
+        yield from images.split(batch_size)
+    elif isinstance(images, ImageSet):
+        for start in range(0, len(images), batch_size):
+            yield images._convert(images.images[start:start + batch_size])
+    else:
+        for batch in images:
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            yield from x.split(batch_size)
+
+
+def _check_reference(model: nn.Module, reference: Mapping[str, torch.Tensor]) -> list[nn.Module]:
+    """The transposed-conv modules whose weights `reference` names, in the reference's order."""
+    if not reference:
+        raise ValueError("reference is empty; pass the trained reference gradients "
+                         "(TrainedGradCon.reference, or ag.gradcon.load(run).reference)")
+    params, modules = dict(model.named_parameters()), dict(model.named_modules())
+    layers = []
+    for name, ref in reference.items():
+        owner, _, leaf = name.rpartition(".")
+        module = modules.get(owner)
+        if name not in params or leaf != "weight" or not isinstance(module, nn.ConvTranspose2d):
+            raise ValueError(f"reference names {name!r}, which is not a ConvTranspose2d weight of "
+                             f"this model; use the names of model.gradient_layers()")
+        if module.groups != 1:
+            raise ValueError(f"{owner} is a grouped transposed convolution; gradcon scoring "
+                             f"supports groups=1 only")
+        if tuple(ref.shape) != tuple(params[name].shape):
+            raise ValueError(f"reference {name!r} has shape {tuple(ref.shape)}, the weight "
+                             f"{tuple(params[name].shape)}; the reference comes from another "
+                             f"architecture - score with the model it was trained with")
+        layers.append(module)
+    return layers
+
+
+def _patches(dy: torch.Tensor, layer: nn.ConvTranspose2d, h_in: int, w_in: int) -> torch.Tensor:
+    """U: the (B, C_out*kh*kw, h_in*w_in) patches of dy that the adjoint convolution of `layer`
+    reads; the weight gradient is A @ U^T. Built from kh*kw strided slices (faster on the CPU
+    than F.unfold, and independent of the memory format)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (layer.kernel_size, layer.stride, layer.padding,
+                                              layer.dilation)
+    padded = F.pad(dy, (pw, pw, ph, ph))
+    slices = [padded[:, :, p * dh:p * dh + sh * (h_in - 1) + 1:sh,
+                     q * dw:q * dw + sw * (w_in - 1) + 1:sw]
+              for p in range(kh) for q in range(kw)]
+    b, c = dy.shape[:2]
+    return torch.stack(slices, 2).reshape(b, c * kh * kw, h_in * w_in)
+
+
+def _ghost_is_cheaper(c_in: int, d: int, positions: int) -> bool:
+    """Gram matrices (positions^2 * (C_in + D) multiply-adds) beat materialising the per-image
+    gradient (C_in * D * positions, written to memory and read twice) for layers with few
+    positions; the factor 2 accounts for the memory traffic the ghost norm avoids."""
+    return positions * (c_in + d) < c_in * d / 2
+
+
+def _layer_dot_and_norm(a: torch.Tensor, dy: torch.Tensor, layer: nn.ConvTranspose2d,
+                        ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image i: <g_i, ref> and |g_i| for g_i = dMSE_i/dW of one transposed conv."""
+    b, c_in, h_in, w_in = a.shape
+    positions = h_in * w_in
+    A = a.reshape(b, c_in, positions)
+    U = _patches(dy, layer, h_in, w_in)
+    if _ghost_is_cheaper(c_in, U.shape[1], positions):
+        # <g_i, r> = <dy_i, convT(a_i, r)>: the layer's output is linear in its weight
+        t = F.conv_transpose2d(a, ref, None, layer.stride, layer.padding, layer.output_padding,
+                               layer.groups, layer.dilation)
+        dot = (t * dy).flatten(1).sum(1)
+        gram_a = A.transpose(1, 2) @ A
+        gram_u = U.transpose(1, 2) @ U
+        norm = (gram_a * gram_u).flatten(1).sum(1).clamp_min(0).sqrt()
+    else:
+        g = torch.bmm(A, U.transpose(1, 2)).flatten(1)  # (B, C_in * C_out*kh*kw), W's layout
+        dot = g @ ref.reshape(-1)
+        norm = g.norm(dim=1)
+    return dot, norm
+
+
+def _batch_terms(model: nn.Module, layers: list[nn.Module], params: dict[str, torch.Tensor],
+                 refs: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MSE per image, cosine per image and layer) for one batch, vectorised."""
+    captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def keep(module, inputs, output):
+        if module in captured:
+            raise ValueError("a scored transposed conv runs twice in one forward pass; "
+                             "gradcon scoring needs each scored layer to run once")
+        captured[module] = (inputs[0], output)
+        return output.clone()  # an in-place activation after the layer must not overwrite it
+
+    hooks = [layer.register_forward_hook(keep) for layer in layers]
+    try:
+        # channels_last: oneDNN's fast path for transposed convolutions on the CPU
+        x_in = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        x_hat = torch.func.functional_call(model, params, (x_in,))
+    finally:
+        for h in hooks:
+            h.remove()
+    mse = (x_hat - x_in).pow(2).flatten(1).mean(1)
+    # one backward pass gives every image's dMSE_i/dy at every layer (images are independent)
+    inputs = [captured[layer][0] for layer in layers]
+    dys = torch.autograd.grad(mse.sum(), [captured[layer][1] for layer in layers])
+    cosines = []
+    for a, dy, layer, ref in zip(inputs, dys, layers, refs, strict=True):
+        dot, norm = _layer_dot_and_norm(a.detach(), dy, layer, ref)
+        cosines.append(dot / (norm * ref.norm()).clamp_min(EPS))
+    return mse.detach(), torch.stack(cosines, 1)
+
+
+def _image_terms(model: nn.Module, params: dict[str, torch.Tensor], names: list[str],
+                 refs: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official way: one image, one backward pass to the weights."""
+    mse = F.mse_loss(torch.func.functional_call(model, params, (x,)), x)
+    grads = torch.autograd.grad(mse, [params[n] for n in names])
+    cosines = [(g.reshape(-1) @ r.reshape(-1)) / (g.norm() * r.norm()).clamp_min(EPS)
+               for g, r in zip(grads, refs, strict=True)]
+    return mse.detach().reshape(1), torch.stack(cosines).reshape(1, -1)
+
+
+def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images, *,
+                batch_size: int = 256, grad_weight: float = 0.12) -> ScoreTable:
+    """Per-image GradCon terms: `mse`, `cos_<layer>` per decoder layer, `l_grad` (= -mean cos)
+    and `score` = mse - grad_weight * mean cos (higher = more anomalous).
+
+    `images`: a float tensor (N, C, H, W) in [0, 1], an ImageSet or an iterable of batches.
+    batch_size=1 computes each image's gradient with its own backward pass (the official way);
+    larger batches use the vectorised per-sample machinery. Eval mode; only per-image numbers
+    are kept, so memory does not grow with the number of images."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+    layers = _check_reference(model, reference)
+    names = list(reference)
+    first = next(model.parameters())
+    device, dtype = first.device, first.dtype
+    refs = [r.detach().to(device=device, dtype=dtype) for r in reference.values()]
+    was_training = model.training
+    model.eval()
+    # only the scored weights need gradients: the encoder runs without building a graph
+    params = {n: p.detach().requires_grad_(n in reference) for n, p in model.named_parameters()}
+    mses, coss = [], []
+    try:
+        for x in _image_batches(images, batch_size):
+            x = x.to(device=device, dtype=dtype)
+            if batch_size == 1:
+                mse, cos = _image_terms(model, params, names, refs, x)
+            else:
+                mse, cos = _batch_terms(model, layers, params, refs, x)
+            mses.append(mse.cpu())
+            coss.append(cos.detach().cpu())
+    finally:
+        model.train(was_training)
+    mse = torch.cat(mses) if mses else torch.zeros(0)
+    cos = torch.cat(coss) if coss else torch.zeros(0, len(names))
+    table: ScoreTable = {"mse": mse}
+    for j, name in enumerate(names):
+        table[f"cos_{name.removesuffix('.weight')}"] = cos[:, j]
+    table["l_grad"] = -cos.mean(1)
+    table["score"] = mse - grad_weight * cos.mean(1)
+    return table
+
+
+def gradcon_scores(model: nn.Module, reference: Mapping[str, torch.Tensor], images, *,
+                   batch_size: int = 256, grad_weight: float = 0.12) -> torch.Tensor:
+    """One anomaly score per image: MSE - grad_weight * mean cos(per-image gradient, reference),
+    over the decoder's transposed-conv weights named in `reference` (see `score_table`)."""
+    return score_table(model, reference, images, batch_size=batch_size,
+                       grad_weight=grad_weight)["score"]
+
+
+def score(trained: TrainedGradCon, images, *, batch_size: int | None = None,
+          grad_weight: float | None = None) -> ScoreTable:
+    """The house scoring interface: the score table of a trained GradCon."""
+    cfg = trained.config
+    return score_table(trained.model, trained.reference, images,
+                       batch_size=batch_size or cfg.score_batch_size,
+                       grad_weight=cfg.grad_weight if grad_weight is None else grad_weight)
+
+
+def per_image_gradients(model: nn.Module, names: list[str], images: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+    """Per-image dMSE_i/dW for the named weights with torch.func (functional_call + vmap +
+    grad): the straightforward vectorisation, kept as a cross-check and for the benchmark."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    fixed = {n: p for n, p in params.items() if n not in names}
+
+    def mse(weights, x):
+        x = x.unsqueeze(0)
+        return F.mse_loss(functional_call(model, fixed | weights, (x,)), x)
+
+    return vmap(grad(mse), in_dims=(None, 0))({n: params[n] for n in names}, images)
+
+
+def save_reconstructions(trained: TrainedGradCon, images: torch.Tensor, run: Run, name: str,
+                         nrow: int = 8) -> torch.Tensor:
+    """Save originals above their reconstructions as test_imgs/{name}.png; returns the grid
+    batch (originals then reconstructions)."""
+    model = trained.model
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        recon = model.eval()(images.to(device)).cpu()
+    rows = []
+    for start in range(0, len(images), nrow):
+        rows += [images[start:start + nrow].cpu(), recon[start:start + nrow]]
+    grid = torch.cat(rows)
+    save_image_grid(grid, run.test_imgs / f"{name}.png", value_range=(0, 1), nrow=nrow)
+    return grid
+
+
+def timed_score(trained: TrainedGradCon, images, **kwargs) -> tuple[ScoreTable, float]:
+    """score() and its wall time in seconds."""
+    from .runs import timed
+
+    return timed(lambda: score(trained, images, **kwargs))
+
+
+__all__ = ["GradConConfig", "TrainedGradCon", "cosine", "count_parameters", "gradcon_scores",
+           "gradcon_step", "gradient_loss", "load", "per_image_gradients",
+           "save_reconstructions", "score", "score_table", "timed_score", "train",
+           "validation_loss"]
