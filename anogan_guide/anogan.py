@@ -236,6 +236,16 @@ def _wgan_step(generator, critic, opt_g, opt_d, real, noise, config: AnoganConfi
     return losses
 
 
+def _total_seconds(run: Run, method: str, metrics: dict) -> float:
+    """The whole training time (the last checkpoint's), also when the best epoch was earlier."""
+    from .runs import read_checkpoint
+
+    last = run.checkpoint(method, "last")
+    if last.is_file():
+        return float(read_checkpoint(last)["metrics"].get("train_seconds", 0.0))
+    return float(metrics.get("train_seconds", 0.0))
+
+
 def load(run: Run, device: str | torch.device = "cpu", which: str = "best", *,
          gan_loss: str = "bce") -> TrainedGAN:
     """Reload a trained GAN from model_saves/ in a fresh kernel (eval mode)."""
@@ -253,7 +263,7 @@ def load(run: Run, device: str | torch.device = "cpu", which: str = "best", *,
     metrics = checkpoint.get("metrics", {})
     return TrainedGAN(generator, discriminator, config, method, checkpoint["epoch"],
                       metrics.get("best_epoch", checkpoint["epoch"]),
-                      metrics.get("train_seconds", 0.0), hist.get("steps", {}),
+                      _total_seconds(run, method, metrics), hist.get("steps", {}),
                       hist.get("epochs", {}), checkpoint["extra"].get("fixed_z"))
 
 
@@ -529,7 +539,7 @@ def load_encoder(run: Run, device: str | torch.device = "cpu", which: str = "bes
     hist = checkpoint.get("history", {})
     return TrainedEncoder(encoder, gan, FanoganConfig.from_dict(saved), method,
                           checkpoint["epoch"], metrics.get("best_epoch", checkpoint["epoch"]),
-                          metrics.get("train_seconds", 0.0), hist.get("steps", {}),
+                          _total_seconds(run, method, metrics), hist.get("steps", {}),
                           hist.get("epochs", {}))
 
 
