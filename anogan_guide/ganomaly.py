@@ -51,7 +51,7 @@ class GanomalyConfig:
     w_adv: float = 1.0
     w_con: float = 50.0
     w_enc: float = 1.0
-    select: str = "l_enc"  # validation criterion for the best epoch, see SELECTION_CRITERIA
+    select: str = "l_enc_rel"  # validation criterion for the best epoch, see SELECTION_CRITERIA
     seed: int = 0
     resume: bool = False
 
@@ -194,9 +194,12 @@ def save_reconstructions(trained: TrainedGanomaly, images: torch.Tensor, path: s
 def validation_criterion(val_table: ScoreTable, z: torch.Tensor, select: str) -> float | None:
     """The number the best epoch minimises, from validation normals only.
 
-    l_enc: mean L_enc; l_enc_rel: mean L_enc divided by the mean squared spread of z around its
-    validation mean (scale-free: shrinking the latent space cannot lower it); l_con: mean L_con;
-    last: no selection (the last epoch is kept)."""
+    l_enc_rel (the default): mean L_enc divided by the mean squared spread of z around its
+    validation mean, i.e. the share of the codes' variance that E2 fails to recover (1 - R^2).
+    Plain l_enc (mean L_enc) is scale-dependent: an untrained or collapsing encoder gives tiny
+    codes and so a tiny L_enc, and selecting on it picks the untrained first epoch; the ratio
+    is 1 or more for such a model and cannot be lowered by shrinking the latent space.
+    l_con: mean L_con; last: no selection (the last epoch is kept)."""
     if select == "last":
         return None
     if select == "l_enc_rel":
@@ -277,6 +280,8 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
         val_table, val_z = score_with_latent(trained, split.val)
         for name in ("l_enc", "l_con", "l_adv"):
             loop.epoch_history.setdefault(f"val_{name}", []).append(float(val_table[name].mean()))
+        loop.epoch_history.setdefault("val_l_enc_rel", []).append(
+            validation_criterion(val_table, val_z, "l_enc_rel"))
         loop.epoch_history.setdefault("d_reinits", []).append(float(reinits))
         criterion = validation_criterion(val_table, val_z, config.select)
         images = None

@@ -178,13 +178,14 @@ def test_scoring_in_eval_mode(split, tmp_path):
 def test_tiny_training_decreases_loss_and_selects_on_validation(split, tmp_path):
     run = ag.open_run(tmp_path)
     trained = gm.train(split, tiny_config(epochs=4), run)
+    assert trained.config.select == "l_enc_rel"
     h = trained.epoch_history
     assert h["l_con"][-1] < h["l_con"][0]
     assert h["g_loss"][-1] < h["g_loss"][0]
     assert len(list(run.train_img.glob("ganomaly_epoch*.png"))) == 4
     best = min(range(4), key=lambda i: h["val_loss"][i]) + 1
     assert trained.best_epoch == best == trained.epoch
-    assert h["val_loss"] == pytest.approx(h["val_l_enc"])
+    assert h["val_loss"] == pytest.approx(h["val_l_enc_rel"])
     # a fresh load gives the same models and scores
     loaded = gm.load(run)
     assert not loaded.generator.training and loaded.epoch == best
@@ -203,3 +204,22 @@ def test_reconstructions_saved(split, tmp_path):
     grid = gm.save_reconstructions(trained, images, run.test_imgs / "r.png", nrow=3)
     assert grid.shape == (12, 1, 16, 16) and (run.test_imgs / "r.png").is_file()
     assert torch.equal(grid[:3], images[:3])
+
+
+def test_relative_encoding_criterion_is_scale_free_and_rejects_collapse():
+    torch.manual_seed(0)
+    z = torch.randn(50, 8)
+    z_hat = z + 0.1 * torch.randn(50, 8)
+    table = {"l_enc": ((z - z_hat) ** 2).mean(1), "l_con": torch.ones(50)}
+    rel = gm.validation_criterion(table, z, "l_enc_rel")
+    assert rel == pytest.approx(0.01, rel=0.3)
+    # shrinking the latent space lowers plain l_enc but not the relative criterion
+    small = {"l_enc": ((z - z_hat) ** 2 / 100).mean(1), "l_con": torch.ones(50)}
+    assert gm.validation_criterion(small, z / 10, "l_enc") < gm.validation_criterion(
+        table, z, "l_enc")
+    assert gm.validation_criterion(small, z / 10, "l_enc_rel") == pytest.approx(rel)
+    # a generator whose second encoder ignores its input (constant z_hat) scores >= 1
+    const = {"l_enc": ((z - z.mean(0)) ** 2).mean(1), "l_con": torch.ones(50)}
+    assert gm.validation_criterion(const, z, "l_enc_rel") == pytest.approx(1.0)
+    assert gm.validation_criterion(table, z, "last") is None
+    assert gm.validation_criterion(table, z, "l_con") == 1.0
