@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -397,30 +398,22 @@ def per_image_gradients(model: nn.Module, names: list[str], images: torch.Tensor
     return vmap(grad(mse), in_dims=(None, 0))({n: params[n] for n in names}, images)
 
 
-def save_reconstructions(trained: TrainedGradCon, images: torch.Tensor, run: Run, name: str,
+def save_reconstructions(trained: TrainedGradCon, images: torch.Tensor, path: str | Path, *,
                          nrow: int = 8) -> torch.Tensor:
-    """Save originals above their reconstructions as test_imgs/{name}.png; returns the grid
-    batch (originals then reconstructions)."""
-    model = trained.model
+    """Save originals (odd rows) above their reconstructions (even rows) as one PNG; returns
+    the interleaved batch for display."""
+    model = trained.model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        recon = model.eval()(images.to(device)).cpu()
-    rows = []
-    for start in range(0, len(images), nrow):
-        rows += [images[start:start + nrow].cpu(), recon[start:start + nrow]]
+        recon = model(images.to(device)).cpu()
+    rows = [torch.cat([images[i:i + nrow].cpu(), recon[i:i + nrow]])
+            for i in range(0, len(images), nrow)]
     grid = torch.cat(rows)
-    save_image_grid(grid, run.test_imgs / f"{name}.png", value_range=(0, 1), nrow=nrow)
+    save_image_grid(grid, path, value_range=(0, 1), nrow=nrow)
     return grid
-
-
-def timed_score(trained: TrainedGradCon, images, **kwargs) -> tuple[ScoreTable, float]:
-    """score() and its wall time in seconds."""
-    from .runs import timed
-
-    return timed(lambda: score(trained, images, **kwargs))
 
 
 __all__ = ["GradConConfig", "TrainedGradCon", "cosine", "count_parameters", "gradcon_scores",
            "gradcon_step", "gradient_loss", "load", "per_image_gradients",
-           "save_reconstructions", "score", "score_table", "timed_score", "train",
+           "save_reconstructions", "score", "score_table", "train",
            "validation_loss"]
