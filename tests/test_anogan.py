@@ -11,6 +11,15 @@ from anogan_guide import anogan
 from anogan_guide.training import NonFiniteLossError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls when the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def split():
     return ag.load_one_class("digits", 0, image_size=16, seed=0)
