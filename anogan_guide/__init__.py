@@ -1,15 +1,23 @@
 """The AnoGAN Guidebook's supporting package: data, networks, methods, evaluation and plots."""
 
-from . import anogan, gradcon
+from . import anogan, ganomaly, gradcon
 from .anogan import AnoganConfig, FanoganConfig, LatentMap, map_latent
 from .data import ImageSet, OneClassSplit, load_one_class, load_split, save_split, subsample_test
+from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .gradcon import GradConConfig, gradcon_scores
-from .nets import Discriminator, Generator, GradConAE
+from .nets import (
+    Discriminator,
+    GanomalyDiscriminator,
+    GanomalyGenerator,
+    Generator,
+    GradConAE,
+)
 from .runs import Run, open_run, pick_device, seed_everything
 
 __all__ = [
     "AnoganConfig", "Discriminator", "FanoganConfig", "Generator", "LatentMap", "anogan",
     "map_latent",
+    "GanomalyConfig", "GanomalyDiscriminator", "GanomalyGenerator", "TrainedGanomaly", "ganomaly",
     "GradConAE", "GradConConfig", "gradcon", "gradcon_scores",
     "ImageSet", "OneClassSplit", "Run", "load_one_class", "load_split", "open_run",
     "pick_device", "save_split", "seed_everything", "subsample_test",
