@@ -160,23 +160,22 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _read_images(paths: list[Path], channels: int | None) -> tuple[torch.Tensor, int]:
-    """Decode images with torchvision; every failure names the file. Returns uint8 NCHW, channels."""
-    from torchvision.io import ImageReadMode, decode_image
+def _read_images(paths: list[Path], channels: int | None) -> tuple[list[torch.Tensor], int]:
+    """Decode images (PIL through torchvision's loader); every failure names the file.
+    Returns uint8 CHW tensors and the channel count (from the first image unless given)."""
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
 
-    if channels is None:
-        try:
-            first = decode_image(str(paths[0]), mode=ImageReadMode.UNCHANGED)
-        except Exception as err:
-            raise ValueError(f"cannot read image {paths[0]}; remove or replace the file") from err
-        channels = 1 if first.shape[0] in (1, 2) else 3
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     out = []
     for p in paths:
         try:
-            out.append(decode_image(str(p), mode=mode))
+            with Image.open(p) as img:
+                if channels is None:
+                    channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+                out.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
         except Exception as err:
-            raise ValueError(f"cannot read image {p}; remove or replace the file") from err
+            raise ValueError(f"cannot read image {p} ({type(err).__name__}); remove or replace "
+                             f"the file") from None
     return out, channels
 
 
@@ -364,7 +363,10 @@ def load_split(run: Run, *, dataset: str, normal_class: int | str, data_root=Non
                   val_fraction=float(val_fraction))
     if run.split_path.is_file():
         saved = json.loads(run.split_path.read_text())
-        diff = {k: (saved.get(k), v) for k, v in params.items() if str(saved.get(k)) != str(v)}
+        # image_size only renders the same images (GradCon works at 28 beside 32 for the GANs):
+        # the split's identity is checked below through its indices / file paths
+        diff = {k: (saved.get(k), v) for k, v in params.items()
+                if k != "image_size" and str(saved.get(k)) != str(v)}
         if diff:
             desc = ", ".join(f"{k}={a!r} there vs {b!r} here" for k, (a, b) in diff.items())
             raise ValueError(f"{run.split_path} was made with other parameters ({desc}); run "

@@ -1,0 +1,63 @@
+"""Thresholds and metrics from validation normals; metrics.json entries."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anogan_guide import load_one_class, open_run
+from anogan_guide.evaluate import (
+    Standardizer,
+    evaluate,
+    finish_method,
+    load_scores,
+    metrics_table,
+    read_metrics,
+    threshold_from_validation,
+    write_split_sizes,
+)
+
+
+def test_threshold_uses_validation_quantile():
+    val = torch.arange(100, dtype=torch.float32)
+    assert threshold_from_validation(val, 0.05) == pytest.approx(94.05)
+
+
+def test_metrics_perfect_and_reversed():
+    labels = torch.tensor([0, 0, 1, 1])
+    good = evaluate(torch.tensor([0.0, 1.0]), torch.tensor([0.1, 0.2, 5.0, 6.0]), labels)
+    assert good["auroc"] == 1.0 and good["auprc"] == 1.0 and good["f1"] == 1.0
+    bad = evaluate(torch.tensor([0.0, 1.0]), torch.tensor([5.0, 6.0, 0.1, 0.2]), labels)
+    assert bad["auroc"] == 0.0
+
+
+def test_standardizer_is_fitted_on_validation():
+    s = Standardizer.fit(torch.tensor([1.0, 3.0]))
+    assert torch.allclose(s(torch.tensor([2.0, 4.0])), torch.tensor([0.0, 2.0]))
+
+
+def test_metrics_json_entries_and_scores(tmp_path):
+    run = open_run(tmp_path)
+    split = load_one_class("digits", 0, image_size=16)
+    write_split_sizes(run, split)
+    idx = torch.arange(len(split.test))
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.normal(size=len(idx))).float()
+    test = {"score": split.test_labels.float() * 3 + noise, "part": noise}
+    val = {"score": torch.from_numpy(rng.normal(size=len(split.val))).float(),
+           "part": torch.zeros(len(split.val))}
+    entry = finish_method(run, "demo-method", split, val, test, test_indices=idx,
+                          train_seconds=1.0, score_seconds=0.5, params={"epochs": 1})
+    assert entry["auroc"] > 0.9
+    data = json.loads(run.metrics_path.read_text())
+    assert data["n_train"] == len(split.train) and "demo-method" in data["methods"]
+    assert set(data["methods"]["demo-method"]) == {
+        "auroc", "auprc", "f1", "threshold", "train_seconds", "score_seconds",
+        "score_images_per_second", "params"}
+    saved = load_scores(run, "demo-method")
+    assert np.allclose(saved.test["part"], noise.numpy()) and len(saved.val["score"]) == 12
+    assert "demo-method" in metrics_table(data)
+    # a new split starts a fresh metrics file: old method entries would be stale
+    write_split_sizes(run, load_one_class("digits", 1, image_size=16))
+    assert read_metrics(run)["methods"] == {}

@@ -1,0 +1,56 @@
+"""pyproject.toml and environment.yml pin the same stack; the notebooks are committed clean."""
+
+import ast
+import json
+import tomllib
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHARED_PARAMETERS = ("dataset", "normal_class", "data_root", "image_size", "seed",
+                     "val_fraction", "device", "run_dir", "download")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(r for r in pip_section if not r.startswith("-e")) == sorted(project)
+    assert "torch==2.14.1" in project and "torchvision==0.29.1" in project
+
+
+def _notebooks():
+    found = sorted((REPO / "notebooks").glob("*.ipynb"))
+    assert found, "no notebooks found"
+    return found
+
+
+def test_notebooks_are_stripped_and_have_one_parameters_cell():
+    for path in _notebooks():
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert not any(c.get("outputs") or c.get("execution_count") for c in code), path.name
+        tagged = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+
+
+def test_papermill_documents_every_parameter():
+    """Every assignment in a parameters cell is an annotated literal papermill can list."""
+    import papermill
+
+    for path in _notebooks():
+        nb = json.loads(path.read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+        tree = ast.parse("".join(cell["source"]))
+        names = []
+        for node in tree.body:
+            assert isinstance(node, ast.AnnAssign), f"{path.name}: only annotated literals"
+            ast.literal_eval(node.value)
+            names.append(node.target.id)
+        inspected = papermill.inspect_notebook(str(path))
+        assert list(inspected) == names, f"{path.name}: papermill cannot parse every line"
+        assert all(inspected[n]["help"] for n in names), f"{path.name}: comment every parameter"
+        assert names[: len(SHARED_PARAMETERS)] == list(SHARED_PARAMETERS), path.name
