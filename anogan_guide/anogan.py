@@ -158,10 +158,11 @@ def train(split: OneClassSplit, config: AnoganConfig, run: Run,
                         generators=(shuffle,), extra={"fixed_z": fixed_z})
     fixed_z = loop.extra["fixed_z"].to(device)
     train_set = split.train.in_range(*VALUE_RANGE)
-    loader = train_set.loader(config.batch_size, shuffle=True, generator=shuffle, drop_last=True)
-    if len(loader) == 0:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_set)} training "
-                         f"images; use a smaller batch_size")
+    if len(train_set) < 2:
+        raise ValueError(f"only {len(train_set)} training images; a GAN needs at least 2")
+    # a last batch of one image would break BatchNorm's batch statistics: drop it then only
+    loader = train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
+                              drop_last=len(train_set) % config.batch_size == 1)
     val_x = split.val.in_range(*VALUE_RANGE).tensors()[:config.val_images]
     wgan = config.gan_loss == "wgan-gp"
     for _epoch in loop.epochs():
