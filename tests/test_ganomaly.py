@@ -223,3 +223,21 @@ def test_relative_encoding_criterion_is_scale_free_and_rejects_collapse():
     assert gm.validation_criterion(const, z, "l_enc_rel") == pytest.approx(1.0)
     assert gm.validation_criterion(table, z, "last") is None
     assert gm.validation_criterion(table, z, "l_con") == 1.0
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(split, tmp_path, monkeypatch):
+    run = ag.open_run(tmp_path)
+    gm.train(split, tiny_config(), run)
+    good = state(gm.load(run, which="last").generator)
+    original = gm.generator_losses
+
+    def broken(*args):
+        terms = original(*args)
+        return {**terms, "l_con": terms["l_con"] * float("nan")}
+
+    monkeypatch.setattr(gm, "generator_losses", broken)
+    with pytest.raises(FloatingPointError, match="became nan"):
+        gm.train(split, tiny_config(epochs=2, resume=True), run)
+    kept = gm.load(run, which="last")
+    assert kept.epoch == 1
+    assert_same_state(good, state(kept.generator))
