@@ -44,6 +44,7 @@ class GanomalyConfig:
 
     epochs: int = 15
     batch_size: int = 64
+    min_steps_per_epoch: int = 20  # small sets (e.g. 8x8 digits) are cycled to this many steps
     lr: float = 2e-4
     beta1: float = 0.5
     latent_dim: int = 100
@@ -212,6 +213,23 @@ def validation_criterion(val_table: ScoreTable, z: torch.Tensor, select: str) ->
 # Training
 
 
+class _Cycled:
+    """Whole passes over a loader until at least `min_steps` batches: an epoch of a tiny data set
+    (112 digits = 1 batch of 64) would otherwise be a single optimiser step. MNIST's ~85 batches
+    per epoch are left as they are."""
+
+    def __init__(self, loader: Iterable, min_steps: int) -> None:
+        self.loader = loader
+        self.passes = max(1, -(-max(0, min_steps) // max(1, len(loader))))
+
+    def __len__(self) -> int:
+        return self.passes * len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self.passes):
+            yield from self.loader
+
+
 def _config_dict(config: GanomalyConfig, split: OneClassSplit) -> dict:
     return {**asdict(config), "image_size": split.image_size, "channels": split.channels}
 
@@ -246,8 +264,9 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
                         generators=(shuffle,))
     train_set = split.train.in_range(*VALUE_RANGE)
     # a last batch of one image would break BatchNorm in train mode
-    loader = train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
-                              drop_last=len(train_set) > config.batch_size)
+    loader = _Cycled(train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
+                                      drop_last=len(train_set) > config.batch_size),
+                     config.min_steps_per_epoch)
     shown = split.val.in_range(*VALUE_RANGE).tensors()[:progress_images].to(device)
     trained = TrainedGanomaly(g, d, config, loop.epoch, loop.best_epoch)
     reinits = int(loop.epoch_history.get("d_reinits", [0])[-1]) if loop.epoch_history else 0

@@ -13,7 +13,7 @@ from anogan_guide import ganomaly as gm
 from anogan_guide.nets import GanomalyDiscriminator, GanomalyGenerator
 from anogan_guide.training import TrainingLoop
 
-TINY = dict(batch_size=32, width=8, latent_dim=16, lr=1e-3)
+TINY = dict(batch_size=32, width=8, latent_dim=16, lr=1e-3, min_steps_per_epoch=0)
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +241,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(split, tmp_pat
     kept = gm.load(run, which="last")
     assert kept.epoch == 1
     assert_same_state(good, state(kept.generator))
+
+
+def test_small_sets_are_cycled_to_min_steps_per_epoch(split, tmp_path):
+    per_pass = len(split.train) // TINY["batch_size"]  # 3 batches of 32 from 112 digits
+    trained = gm.train(split, tiny_config(min_steps_per_epoch=2 * per_pass + 1),
+                       ag.open_run(tmp_path))
+    assert len(trained.history["l_con"]) == 3 * per_pass  # whole passes, at least the minimum
