@@ -122,6 +122,7 @@ def execute(notebooks: list[Path], plans: list[dict], out: Path) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    _poll_shell_in_slices()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     for nb, params in zip(notebooks, plans, strict=True):
         target = out / "notebooks" / nb.name
@@ -132,9 +133,48 @@ def execute(notebooks: list[Path], plans: list[dict], out: Path) -> None:
                                        kernel_name="python3", progress_bar=False,
                                        cwd=str(out), log_output=False)
         except PapermillExecutionError as err:
-            raise RunFailed(f"{nb.name} failed in cell {err.cell_index} (execution count "
-                            f"{err.exec_count}): {err.ename}: {err.evalue}; executed copy: "
-                            f"{target}") from None
+            raise RunFailed(f"{nb.name} failed in cell [{err.exec_count}] "
+                            f"({_first_line(target, err.exec_count)}): {err.ename}: "
+                            f"{err.evalue}; executed copy: {target}") from None
+
+
+def _first_line(notebook: Path, exec_count: int) -> str:
+    """The first source line of the executed cell numbered `exec_count`, to name it."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(notebook, as_version=4).cells
+        source = next(c.source for c in cells if c.get("execution_count") == exec_count)
+    except (OSError, StopIteration, ValueError):
+        return "source not available"
+    first = next((line for line in source.splitlines() if line.strip()), "")
+    return repr(first[:60] + ("..." if len(first) > 60 else ""))
+
+
+def _poll_shell_in_slices() -> None:
+    """Work around nbclient's occasional endless wait on a widget cell (jupyter/nbclient#312):
+    a reply that arrives while the client is blocked in an untimed poll is sometimes never seen.
+    Polling in one-second slices sees it; nothing else changes. Seen here on about one run in
+    four of 00_data_prep before the change and in none of twelve after."""
+    from queue import Empty
+
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    if getattr(AsyncZMQSocketChannel.get_msg, "_in_slices", False):
+        return
+    untimed = AsyncZMQSocketChannel.get_msg
+
+    async def get_msg(self, timeout: float | None = None):
+        if timeout is not None:
+            return await untimed(self, timeout)
+        while True:
+            try:
+                return await untimed(self, 1.0)
+            except Empty:
+                continue
+
+    get_msg._in_slices = True
+    AsyncZMQSocketChannel.get_msg = get_msg
 
 
 class RunFailed(RuntimeError):

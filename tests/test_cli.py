@@ -1,0 +1,71 @@
+"""`anogan-guide run`: parameters, run folders, failures and the split it writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from anogan_guide import cli
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_PREP = REPO / "notebooks" / "00_data_prep.ipynb"
+
+
+def _run(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "anogan_guide.cli", "run", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_unknown_parameter_is_an_error(tmp_path):
+    result = _run(str(DATA_PREP), "-p", "epochz", "3", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "unknown parameter epochz" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # nothing started, nothing written
+
+
+def test_unknown_parameter_in_file_is_an_error(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text("dataset: digits\nnotebooks:\n  00_data_prep: {epochs: 2}\n")
+    args = cli.build_parser().parse_args(
+        ["run", str(DATA_PREP), "-f", str(params), "--out", str(tmp_path / "r")])
+    with pytest.raises(cli.UsageError, match="unknown parameter epochs for 00_data_prep"):
+        cli.cmd_run(args)
+
+
+def test_failing_notebook_is_named_with_its_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x: int = 1  # a parameter",
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print('fine')"),
+                nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"),
+                nbformat.v4.new_code_cell("print('never')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = tmp_path / "99_broken.ipynb"
+    nbformat.write(nb, path)
+    result = _run(str(path), str(DATA_PREP), "--out", str(tmp_path / "r"))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]  # the kernel may warn on stderr before it
+    assert "99_broken.ipynb failed in cell [3] (\"raise ValueError('broken on purpose')\")" in last
+    assert "ValueError: broken on purpose" in last
+    assert not (tmp_path / "r" / "notebooks" / "00_data_prep.ipynb").exists()  # stopped there
+
+
+@pytest.mark.slow
+def test_data_prep_same_split_twice_other_with_another_seed(tmp_path):
+    outs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        result = _run("00_data_prep", "-p", "dataset", "digits", "-p", "normal_class", "3",
+                      "-p", "seed", str(seed), "--out", str(tmp_path / name), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        outs.append((tmp_path / name / "split.json").read_bytes())
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (115, 13, 540)
+    assert (tmp_path / "a" / "notebooks" / "00_data_prep.ipynb").is_file()
+    for folder in ("model_saves", "train_img", "test_imgs"):
+        assert (tmp_path / "a" / folder).is_dir()
