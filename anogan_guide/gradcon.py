@@ -116,11 +116,18 @@ def gradcon_step(model: GradConAE, optimizer: torch.optim.Optimizer, x: torch.Te
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    with torch.no_grad():
-        steps += 1
-        for g, ref in zip(grads, reference.values(), strict=True):
-            ref += (g.detach() - ref) / steps  # the cumulative mean of all steps' gradients
+    update_reference(reference, grads, steps)
     return {"loss": loss.detach(), "mse": mse.detach(), "l_grad": l_grad.detach()}
+
+
+@torch.no_grad()
+def update_reference(reference: Mapping[str, torch.Tensor], grads: Iterable[torch.Tensor],
+                     steps: torch.Tensor) -> None:
+    """Fold one step's gradients into the running-average references (in place; `steps`
+    counts the steps averaged so far and is incremented)."""
+    steps += 1
+    for g, ref in zip(grads, reference.values(), strict=True):
+        ref += (g.detach() - ref) / steps  # the cumulative mean of all steps' gradients
 
 
 def _arch(split: OneClassSplit) -> dict:
@@ -416,4 +423,4 @@ def save_reconstructions(trained: TrainedGradCon, images: torch.Tensor, path: st
 __all__ = ["GradConConfig", "TrainedGradCon", "cosine", "count_parameters", "gradcon_scores",
            "gradcon_step", "gradient_loss", "load", "per_image_gradients",
            "save_reconstructions", "score", "score_table", "train",
-           "validation_loss"]
+           "update_reference", "validation_loss"]
