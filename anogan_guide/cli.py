@@ -195,6 +195,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    try:
+        classes = sweep.parse_list(args.classes, "class", integers=args.dataset != "folder")
+        seeds = sweep.parse_list(args.seeds, "seed")
+        methods = sweep.parse_methods(args.methods)
+    except sweep.SweepError as err:
+        raise UsageError(str(err)) from None
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: give at least 1 run at a time")
+    fixed = sorted({"dataset", "normal_class", "seed", "run_dir"} & {name for name, _ in args.p})
+    if fixed:
+        raise UsageError(f"-p {', '.join(fixed)}: the sweep sets these itself; use --dataset, "
+                         f"--classes and --seeds")
+    # check the notebooks, the -p names and the parameters file once, before any run starts
+    notebooks = resolve_notebooks(sweep.notebooks_for(methods))
+    common, per_notebook = read_params_file(args.params_file)
+    overrides = {name: yaml.safe_load(value) if value != "" else "" for name, value in args.p}
+    out = Path(args.out).expanduser().resolve()
+    plan_parameters(notebooks, common, per_notebook, overrides, out)
+    declared = {nb.stem: set(declared_parameters(nb)) for nb in notebooks}
+    params_file = str(Path(args.params_file).resolve()) if args.params_file else None
+    out.mkdir(parents=True, exist_ok=True)
+    failures = sweep.sweep(args.dataset, classes, seeds, methods, out, jobs=args.jobs,
+                           overrides=dict(args.p), params_file=params_file, declared=declared)
+    sweep.write_results(args.dataset, classes, seeds, out)
+    print(f"[anogan-guide] results: {out / 'results.csv'}, {out / 'results.md'}")
+    if failures:
+        raise RunFailed(f"sweep: {len(failures)} of {len(classes) * len(seeds)} runs failed "
+                        f"({', '.join(failures)}); see each run's sweep.log, fix and run the "
+                        f"same command again to resume")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anogan-guide", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-f", dest="params_file", metavar="PARAMS.yaml", help="parameters file")
     run.add_argument("--out", required=True, help="the run folder (run_dir) to write")
     run.set_defaults(func=cmd_run)
+    sw = sub.add_parser("sweep", help="run notebooks over classes and seeds; results.csv/.md")
+    sw.add_argument("--dataset", default="digits", help="dataset of every run (default: digits)")
+    sw.add_argument("--classes", default="0-9", help="normal classes, e.g. 0-9 or 0,1,7")
+    sw.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2 or 0-4")
+    sw.add_argument("--methods", default="anogan,ganomaly,gradcon,hybrid",
+                    help="comma-separated: anogan, ganomaly, gradcon, hybrid")
+    sw.add_argument("--jobs", type=int, default=1, help="runs at a time (one GPU each when "
+                    "there are several)")
+    sw.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a parameter for every notebook that declares it")
+    sw.add_argument("-f", dest="params_file", metavar="PARAMS.yaml", help="parameters file")
+    sw.add_argument("--out", required=True, help="the sweep folder (DIR/<dataset>/class<c>_seed<s>)")
+    sw.set_defaults(func=cmd_sweep)
     return parser
 
 
