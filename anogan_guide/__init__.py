@@ -1,10 +1,11 @@
 """The AnoGAN Guidebook's supporting package: data, networks, methods, evaluation and plots."""
 
-from . import anogan, ganomaly, gradcon
+from . import anogan, ganomaly, gradcon, hybrid
 from .anogan import AnoganConfig, FanoganConfig, LatentMap, map_latent
 from .data import ImageSet, OneClassSplit, load_one_class, load_split, save_split, subsample_test
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .gradcon import GradConConfig, gradcon_scores
+from .hybrid import HybridConfig, TrainedHybrid
 from .nets import (
     Discriminator,
     GanomalyDiscriminator,
@@ -19,6 +20,7 @@ __all__ = [
     "map_latent",
     "GanomalyConfig", "GanomalyDiscriminator", "GanomalyGenerator", "TrainedGanomaly", "ganomaly",
     "GradConAE", "GradConConfig", "gradcon", "gradcon_scores",
+    "HybridConfig", "TrainedHybrid", "hybrid",
     "ImageSet", "OneClassSplit", "Run", "load_one_class", "load_split", "open_run",
     "pick_device", "save_split", "seed_everything", "subsample_test",
 ]

@@ -1,0 +1,189 @@
+"""The GANomaly-GradCon hybrid: L_grad trains, references and combination are saved, resume,
+exact per-image gradient terms, a combination fitted on validation normals only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import anogan_guide as ag
+from anogan_guide import hybrid as hy
+from anogan_guide.training import TrainingLoop
+
+TINY = dict(batch_size=32, width=8, latent_dim=16, lr=1e-3, min_steps_per_epoch=0)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return ag.load_one_class("digits", 0, image_size=16)
+
+
+def tiny_config(**kwargs) -> hy.HybridConfig:
+    return hy.HybridConfig(**{"epochs": 1, **TINY, **kwargs})
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _steps(beta: float, x: torch.Tensor, n: int = 3) -> tuple[dict, dict]:
+    """n hybrid steps from the same seeded start; the generator's weights and references."""
+    config = tiny_config(beta=beta)
+    g, d = ag.ganomaly.build_models(16, 1, config)
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    params = dict(g.named_parameters())
+    reference = {n: torch.zeros_like(params[n]) for n in hy.gradient_layers(g)}
+    steps = torch.zeros((), dtype=torch.long)
+    history = []
+    for i in range(n):
+        losses = hy.hybrid_step(g, d, opt_g, opt_d, x[i * 16:(i + 1) * 16], reference, steps,
+                                config)
+        history.append(state(g))
+        assert int(steps) == i + 1
+        if i == 0:
+            assert float(losses["l_grad"]) == 0.0  # no reference yet at the first step
+        elif beta:
+            assert -1.0 <= float(losses["l_grad"]) < 0.0
+    return history, reference
+
+
+def test_gradient_loss_changes_training():
+    torch.manual_seed(0)
+    x = torch.rand(48, 1, 16, 16) * 2 - 1
+    without, ref0 = _steps(0.0, x)
+    with_, ref1 = _steps(0.5, x)
+    # step one has no reference, so L_grad = 0 and both runs agree exactly ...
+    for k in without[0]:
+        assert torch.equal(without[0][k], with_[0][k]), k
+    # ... afterwards the differentiable L_grad moves the weights (a detached `.item()` would not)
+    later = [k for k in without[-1] if not torch.equal(without[-1][k], with_[-1][k])]
+    assert any(k.startswith("decoder.") for k in later)
+    assert any(k.startswith("encoder1.") for k in later)  # dMSE/dW depends on z = E1(x) too
+    # the references are running means of dMSE/dW, gathered with or without the term
+    assert set(ref0) == {"decoder.net.0.weight", "decoder.net.3.weight", "decoder.net.6.weight"}
+    assert all(r.abs().sum() > 0 for r in ref0.values())
+
+
+def test_training_saves_references_and_combination(split, tmp_path):
+    run = ag.open_run(tmp_path)
+    trained = hy.train(split, tiny_config(epochs=2), run)
+    assert trained.best_epoch in (1, 2)
+    checkpoint = ag.runs.read_checkpoint(run.checkpoint("hybrid", "best"))
+    refs = {k for k in checkpoint["extra"] if k.startswith("ref/")}
+    assert refs == {"ref/" + n for n in trained.reference}
+    assert int(checkpoint["extra"]["ref_steps"]) == 2 * 3  # 2 epochs x 3 batches of 32
+    assert trained.combination is not None and trained.combination.terms == hy.TERMS
+    reloaded = hy.load(run)
+    for k, v in trained.reference.items():
+        assert torch.equal(v, reloaded.reference[k])
+    assert reloaded.combination == trained.combination
+    a, b = hy.score(trained, split.val), hy.score(reloaded, split.val)
+    torch.testing.assert_close(a["score"], b["score"])
+    assert list(a)[:4] == list(hy.TERMS) and list(a)[-1] == "score"
+    # standardised with the validation normals' own statistics: mean 0, std 1 there
+    z = trained.combination.standardized(a)
+    for t in hy.TERMS:
+        assert abs(float(z[t].mean())) < 1e-4 and abs(float(z[t].std(unbiased=False)) - 1) < 1e-3
+    assert "val_l_grad" in trained.epoch_history and "l_grad" in trained.history
+
+
+def test_per_image_gradient_term_is_exact_and_batch_independent(split, tmp_path):
+    trained = hy.train(split, tiny_config(epochs=1), ag.open_run(tmp_path))
+    x = split.val.in_range(-1, 1).tensors()[:6]
+    table = hy.score(trained, x, batch_size=4)
+    alone = hy.score(trained, x[2:3], batch_size=4)
+    for k in table:  # eval mode: an image's terms do not depend on its batch
+        torch.testing.assert_close(alone[k], table[k][2:3], rtol=1e-4, atol=1e-6)
+    g = trained.generator.eval()
+    params = dict(g.named_parameters())
+    for i in range(len(x)):  # plain autograd, one image at a time
+        xi = x[i:i + 1]
+        mse = F.mse_loss(g(xi)[0], xi)
+        grads = torch.autograd.grad(mse, [params[n] for n in trained.reference])
+        cos = torch.stack([F.cosine_similarity(gr.flatten(), r.flatten(), dim=0)
+                           for gr, r in zip(grads, trained.reference.values(), strict=True)])
+        torch.testing.assert_close(table["l_grad"][i], -cos.mean(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(table["mse"][i], mse.detach(), rtol=1e-5, atol=1e-7)
+    assert g.training is False
+
+
+def test_resume_after_interruption_gives_identical_weights(split, tmp_path, monkeypatch):
+    config = tiny_config(epochs=3)
+    ag.seed_everything(0)
+    straight = ag.open_run(tmp_path / "straight")
+    hy.train(split, config, straight)
+
+    interrupted = ag.open_run(tmp_path / "interrupted")
+    original_record = TrainingLoop.record
+
+    def record(self, step, **losses):
+        if self.epoch == 1 and step == 1:  # the second epoch, after two optimiser steps
+            raise KeyboardInterrupt
+        return original_record(self, step, **losses)
+
+    ag.seed_everything(0)
+    monkeypatch.setattr(TrainingLoop, "record", record)
+    with pytest.raises(KeyboardInterrupt):
+        hy.train(split, config, interrupted)
+    monkeypatch.setattr(TrainingLoop, "record", original_record)
+    assert hy.load(interrupted, which="last").epoch == 1
+
+    ag.seed_everything(123)  # resuming restores every random state from the checkpoint
+    resumed = hy.train(split, dataclasses.replace(config, resume=True), interrupted)
+    a, b = hy.load(straight, which="last"), hy.load(interrupted, which="last")
+    assert a.epoch == b.epoch == 3
+    for x, y in ((a.generator, b.generator), (a.discriminator, b.discriminator)):
+        sx, sy = state(x), state(y)
+        assert all(torch.equal(sx[k], sy[k]) for k in sx)
+    for k in a.reference:
+        assert torch.equal(a.reference[k], b.reference[k]), k
+    assert a.combination == b.combination
+    assert resumed.epoch_history["val_loss"] == a.epoch_history["val_loss"]
+
+
+def test_combination_weights_from_validation():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=2000)
+    val = {"a": torch.tensor(base + 0.1 * rng.normal(size=2000)),
+           "b": torch.tensor(base + 0.1 * rng.normal(size=2000)),  # nearly a copy of a
+           "c": torch.tensor(5 + 3 * rng.normal(size=2000))}  # independent
+    equal = hy.fit_combination(val, ("a", "b", "c"), "equal")
+    assert equal.weights == pytest.approx((1 / 3,) * 3)
+    mv = hy.fit_combination(val, ("a", "b", "c"), "min_variance")
+    w = np.array(mv.weights)
+    assert (w >= 0).all() and w.sum() == pytest.approx(1)
+    # the redundant pair shares the weight that the independent term gets alone
+    assert w[0] + w[1] == pytest.approx(w[2], abs=0.05)
+    assert float(mv(val).var()) < float(equal(val).var())
+    assert float(equal.standardized(val)["c"].mean()) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match="weighting"):
+        hy.fit_combination(val, ("a",), "test_auroc")
+    with pytest.raises(ValueError, match="lacks"):
+        hy.fit_combination(val, ("a", "l_grad"))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="weighting"):
+        hy.HybridConfig(weighting="best")
+    with pytest.raises(ValueError, match="select"):
+        hy.HybridConfig(select="test_auroc")
+
+
+def test_cluster_agreement_and_ablation():
+    rng = np.random.default_rng(0)
+    classes = np.repeat(np.arange(3), 50)
+    features = rng.normal(size=(150, 4)) * 0.1 + np.eye(4)[classes] * 5
+    ari, clusters = hy.cluster_agreement(features, classes)
+    assert ari == pytest.approx(1.0) and clusters.shape == (150,)
+    val = {t: torch.randn(200) for t in hy.TERMS}
+    labels = np.r_[np.zeros(100), np.ones(100)]
+    test = {t: torch.randn(200) + 3 * torch.tensor(labels) * (t == "l_con") for t in hy.TERMS}
+    rows = {r["score"]: r["auroc"] for r in hy.ablation(val, test, labels)}
+    assert rows["l_con alone"] > 0.95 and 0.3 < rows["l_enc alone"] < 0.7
+    assert "all terms (equal)" in rows and "| score |" in hy.ablation_markdown(
+        hy.ablation(val, test, labels))
