@@ -73,15 +73,17 @@ def roc_curves(curves: Mapping[str, tuple], *, title: str = "ROC (anomaly = posi
 
 def term_histograms(terms: Mapping[str, torch.Tensor], labels, *, bins: int = 40,
                     title: str = "") -> Figure:
-    """A histogram per score term, normal vs anomalous test images."""
-    labels = _np(labels).astype(bool)
+    """A histogram per score term, normal vs anomalous test images. `labels` is one 0/1 array
+    for every term, or a mapping term -> labels when the terms come from different test images
+    (methods scored on different subsets)."""
     names = list(terms)
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 2.8), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
+        mine = _np(labels[name] if isinstance(labels, Mapping) else labels).astype(bool)
         values = _np(terms[name]).astype(float)
         edges = np.histogram_bin_edges(values, bins=bins)
-        ax.hist(values[~labels], bins=edges, alpha=0.6, density=True, label="normal")
-        ax.hist(values[labels], bins=edges, alpha=0.6, density=True, label="anomalous")
+        ax.hist(values[~mine], bins=edges, alpha=0.6, density=True, label="normal")
+        ax.hist(values[mine], bins=edges, alpha=0.6, density=True, label="anomalous")
         ax.set_title(name)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
