@@ -132,3 +132,24 @@ def confusion_counts(scores, labels, threshold: float) -> np.ndarray:
 
     return confusion_matrix(_np(labels).astype(int), (_np(scores) > threshold).astype(int),
                             labels=[0, 1])
+
+
+def contingency(clusters, classes, class_names: Sequence[str], *, title: str = "") -> Figure:
+    """A heat map of how many images of each true class fall in each cluster."""
+    clusters, classes = _np(clusters).astype(int), _np(classes).astype(int)
+    present = [i for i in range(len(class_names)) if (classes == i).any()]
+    ids = np.unique(clusters)
+    counts = np.array([[int(((classes == c) & (clusters == k)).sum()) for k in ids]
+                       for c in present])
+    fig, ax = plt.subplots(figsize=(0.45 * len(ids) + 1.8, 0.4 * len(present) + 1.2))
+    ax.imshow(counts, cmap="Blues")
+    for (r, k), n in np.ndenumerate(counts):
+        if n:
+            ax.text(k, r, str(n), ha="center", va="center", fontsize=6)
+    ax.set_xticks(range(len(ids)), [str(k) for k in ids])
+    ax.set_yticks(range(len(present)), [class_names[c] for c in present])
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
