@@ -178,6 +178,7 @@ def method_threshold_explorer(saved: dict, test_images=None, *, max_images: int 
                            nrow=max_images)
             fig.tight_layout()
             plt.show()
+            plt.close(fig)  # redrawn on every move: do not keep old figures alive
 
     def choose(*_):
         val, test, _ = arrays(method.value)
@@ -230,8 +231,9 @@ def term_weight_explorer(saved, terms=None, weights=None, *, max_weight: float =
         formula = " + ".join(f"{w[t]:.2f}*z({t})" for t in terms)
         print(f"score = {formula}\nAUROC {m['auroc']:.3f}  AUPRC {m['auprc']:.3f}  "
               f"F1 {m['f1']:.3f} (threshold {m['threshold']:.3g} from validation normals)")
-        term_histograms({"combined score": test}, labels)
+        fig = term_histograms({"combined score": test}, labels)
         plt.show()
+        plt.close(fig)
         return m
 
     sliders = {t: widgets.FloatSlider(value=float(min(max(weights.get(t, 0.0), 0.0), max_weight)),
