@@ -253,7 +253,7 @@ def sweep(dataset: str, classes: Sequence, seeds: Sequence[int], methods: Sequen
                 error = f"{type(err).__name__}: {err}"
             if error:
                 failures[run.name] = error
-                bar.write(f"sweep: {dataset} {run.name} failed: {error}")
+                bar.write(f"sweep: {dataset} {run.name} failed: {error}", file=sys.stderr)
             bar.update(1)
     return failures
 
