@@ -172,8 +172,11 @@ def train(split: OneClassSplit, config: AnoganConfig, run: Run,
             real = real.to(device)
             noise = torch.randn(len(real), config.latent_dim, device=device)
             if wgan:
+                # count critic steps over the whole run (kept in the history, so across epochs
+                # and resumes): every n_critic-th one is followed by a generator step
+                critic_steps = len(loop.history.get("loss_d", ())) + 1
                 losses = _wgan_step(generator, discriminator, opt_g, opt_d, real, noise, config,
-                                    update_generator=(step + 1) % config.n_critic == 0)
+                                    update_generator=critic_steps % config.n_critic == 0)
             else:
                 losses = _bce_step(generator, discriminator, opt_g, opt_d, real, noise)
             loop.record(step, **losses)
