@@ -12,10 +12,10 @@ Scoring: anomaly score = MSE_i - grad_weight * mean_W cos(dMSE_i/dW, ref_W) for 
 The official code scores one image at a time with a backward pass each. Here a batch costs one
 forward and one backward pass to the decoder's layer outputs, plus a per-layer contraction:
 for a transposed convolution y = convT(a, W), the per-image weight gradient is
-g_i = A_i @ U_i^T, with A_i the layer input (C_in x positions) and U_i the patches of
-dMSE_i/dy_i taken as the adjoint convolution sees them (C_out*k*k x positions). Then
+g_i = A_i^T @ U_i, with A_i the layer input (positions x C_in) and U_i the patches of
+dMSE_i/dy_i taken as the adjoint convolution sees them (positions x k*k*C_out). Then
 <g_i, r> and |g_i| come either from g_i itself (layers with many positions and small weights) or,
-without materialising g_i, as <dy_i, convT(a_i, r)> and |g_i|^2 = <A_i^T A_i, U_i^T U_i>
+without materialising g_i, as <dy_i, convT(a_i, r)> and |g_i|^2 = <A_i A_i^T, U_i U_i^T>
 (the "ghost norm" of differentially private training; layers with few positions).
 """
 
@@ -247,17 +247,18 @@ def _check_reference(model: nn.Module, reference: Mapping[str, torch.Tensor]) ->
 
 
 def _patches(dy: torch.Tensor, layer: nn.ConvTranspose2d, h_in: int, w_in: int) -> torch.Tensor:
-    """U: the (B, C_out*kh*kw, h_in*w_in) patches of dy that the adjoint convolution of `layer`
-    reads; the weight gradient is A @ U^T. Built from kh*kw strided slices (faster on the CPU
-    than F.unfold, and independent of the memory format)."""
+    """U: the patches of dy that the adjoint convolution of `layer` reads, as
+    (B, h_in*w_in, kh*kw*C_out) in (position; kernel row, kernel column, channel) order, so that
+    the weight gradient is A^T @ U with A = the layer input as (B, positions, C_in). Built from
+    kh*kw strided slices of a channels-last copy of dy (faster on the CPU than F.unfold)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (layer.kernel_size, layer.stride, layer.padding,
                                               layer.dilation)
-    padded = F.pad(dy, (pw, pw, ph, ph))
-    slices = [padded[:, :, p * dh:p * dh + sh * (h_in - 1) + 1:sh,
+    padded = F.pad(dy.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # (B, H + 2ph, W + 2pw, C)
+    slices = [padded[:, p * dh:p * dh + sh * (h_in - 1) + 1:sh,
                      q * dw:q * dw + sw * (w_in - 1) + 1:sw]
               for p in range(kh) for q in range(kw)]
     b, c = dy.shape[:2]
-    return torch.stack(slices, 2).reshape(b, c * kh * kw, h_in * w_in)
+    return torch.stack(slices, 3).reshape(b, h_in * w_in, kh * kw * c)
 
 
 def _ghost_is_cheaper(c_in: int, d: int, positions: int) -> bool:
@@ -272,19 +273,19 @@ def _layer_dot_and_norm(a: torch.Tensor, dy: torch.Tensor, layer: nn.ConvTranspo
     """Per image i: <g_i, ref> and |g_i| for g_i = dMSE_i/dW of one transposed conv."""
     b, c_in, h_in, w_in = a.shape
     positions = h_in * w_in
-    A = a.reshape(b, c_in, positions)
+    A = a.permute(0, 2, 3, 1).reshape(b, positions, c_in)  # a view when a is channels-last
     U = _patches(dy, layer, h_in, w_in)
-    if _ghost_is_cheaper(c_in, U.shape[1], positions):
+    if _ghost_is_cheaper(c_in, U.shape[2], positions):
         # <g_i, r> = <dy_i, convT(a_i, r)>: the layer's output is linear in its weight
         t = F.conv_transpose2d(a, ref, None, layer.stride, layer.padding, layer.output_padding,
                                layer.groups, layer.dilation)
         dot = (t * dy).flatten(1).sum(1)
-        gram_a = A.transpose(1, 2) @ A
-        gram_u = U.transpose(1, 2) @ U
+        gram_a = A @ A.transpose(1, 2)
+        gram_u = U @ U.transpose(1, 2)
         norm = (gram_a * gram_u).flatten(1).sum(1).clamp_min(0).sqrt()
     else:
-        g = torch.bmm(A, U.transpose(1, 2)).flatten(1)  # (B, C_in * C_out*kh*kw), W's layout
-        dot = g @ ref.reshape(-1)
+        g = torch.bmm(A.transpose(1, 2), U).flatten(1)  # (B, C_in * kh*kw*C_out)
+        dot = g @ ref.permute(0, 2, 3, 1).reshape(-1)  # W (C_in, C_out, kh, kw) in g's order
         norm = g.norm(dim=1)
     return dot, norm
 
@@ -320,11 +321,11 @@ def _batch_terms(model: nn.Module, layers: list[nn.Module], params: dict[str, to
     return mse.detach(), torch.stack(cosines, 1)
 
 
-def _image_terms(model: nn.Module, params: dict[str, torch.Tensor], names: list[str],
-                 refs: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _image_terms(model: nn.Module, weights: list[torch.Tensor], refs: list[torch.Tensor],
+                 x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The official way: one image, one backward pass to the weights."""
-    mse = F.mse_loss(torch.func.functional_call(model, params, (x,)), x)
-    grads = torch.autograd.grad(mse, [params[n] for n in names])
+    mse = F.mse_loss(model(x), x)
+    grads = torch.autograd.grad(mse, weights)
     cosines = [(g.reshape(-1) @ r.reshape(-1)) / (g.norm() * r.norm()).clamp_min(EPS)
                for g, r in zip(grads, refs, strict=True)]
     return mse.detach().reshape(1), torch.stack(cosines).reshape(1, -1)
@@ -348,20 +349,28 @@ def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images,
     refs = [r.detach().to(device=device, dtype=dtype) for r in reference.values()]
     was_training = model.training
     model.eval()
-    # only the scored weights need gradients: the encoder runs without building a graph
+    # batched: only the scored weights need gradients, so the encoder builds no graph
     params = {n: p.detach().requires_grad_(n in reference) for n, p in model.named_parameters()}
+    # one at a time: the model as it is (as the official code), its scored weights trainable
+    weights = [dict(model.named_parameters())[n] for n in names]
+    frozen = [w for w in weights if not w.requires_grad]
     mses, coss = [], []
     try:
-        for x in _image_batches(images, batch_size):
-            x = x.to(device=device, dtype=dtype)
-            if batch_size == 1:
-                mse, cos = _image_terms(model, params, names, refs, x)
-            else:
-                mse, cos = _batch_terms(model, layers, params, refs, x)
-            mses.append(mse.cpu())
-            coss.append(cos.detach().cpu())
+        for w in frozen:
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            for x in _image_batches(images, batch_size):
+                x = x.to(device=device, dtype=dtype)
+                if batch_size == 1:
+                    mse, cos = _image_terms(model, weights, refs, x)
+                else:
+                    mse, cos = _batch_terms(model, layers, params, refs, x)
+                mses.append(mse.cpu())
+                coss.append(cos.detach().cpu())
     finally:
         model.train(was_training)
+        for w in frozen:
+            w.requires_grad_(False)
     mse = torch.cat(mses) if mses else torch.zeros(0)
     cos = torch.cat(coss) if coss else torch.zeros(0, len(names))
     table: ScoreTable = {"mse": mse}
