@@ -43,7 +43,7 @@ from .training import TrainingLoop, load_trained
 METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
 TERMS = ("l_enc", "l_con", "l_adv", "l_grad")
-WEIGHTINGS = ("equal", "min_variance")
+WEIGHTINGS = ("equal", "min_variance", "max")
 COMBINATION_PREFIX = "combination/"  # the fitted combination in the checkpoint's `extra`
 ScoreTable = dict[str, torch.Tensor]
 
@@ -53,7 +53,7 @@ class HybridConfig(GanomalyConfig):
     """GANomaly's parameters plus the gradient term's weight and the score combination."""
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
-    weighting: str = "equal"  # how the standardised terms are weighted: equal | min_variance
+    weighting: str = "equal"  # how the standardised terms combine: equal | min_variance | max
     score_batch_size: int = 256  # images per batched scoring pass
 
     def __post_init__(self) -> None:
@@ -72,11 +72,13 @@ class HybridConfig(GanomalyConfig):
 @dataclass(frozen=True)
 class Combination:
     """Weights of standardised terms: score = sum_k w_k (t_k - mean_k) / std_k, with every mean,
-    standard deviation and weight taken from the validation normals."""
+    standard deviation and weight taken from the validation normals; with `rule="max"` the
+    score is the largest weighted z-score instead of the sum."""
 
     terms: tuple[str, ...]
     scalers: tuple[Standardizer, ...]
     weights: tuple[float, ...]
+    rule: str = "sum"  # sum | max
 
     def standardized(self, table: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each term as z-scores of the validation normals."""
@@ -85,15 +87,18 @@ class Combination:
 
     def __call__(self, table: Mapping[str, torch.Tensor]) -> torch.Tensor:
         z = self.standardized(table)
-        return sum(w * z[t] for t, w in zip(self.terms, self.weights, strict=True))
+        weighted = [w * z[t] for t, w in zip(self.terms, self.weights, strict=True)]
+        return torch.stack(weighted).amax(0) if self.rule == "max" else sum(weighted)
 
     def describe(self) -> str:
-        return " + ".join(f"{w:.3f}*z({t})" for t, w in zip(self.terms, self.weights, strict=True))
+        parts = [f"{w:.3f}*z({t})" for t, w in zip(self.terms, self.weights, strict=True)]
+        return f"max({', '.join(parts)})" if self.rule == "max" else " + ".join(parts)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """(3, n_terms) float64 tensor for a checkpoint's `extra` (the order is TERMS')."""
         rows = [[s.mean for s in self.scalers], [s.std for s in self.scalers], list(self.weights)]
-        return {COMBINATION_PREFIX + "stats": torch.tensor(rows, dtype=torch.float64)}
+        return {COMBINATION_PREFIX + "stats": torch.tensor(rows, dtype=torch.float64),
+                COMBINATION_PREFIX + "max": torch.tensor(float(self.rule == "max"))}
 
     @classmethod
     def from_tensors(cls, extra: Mapping[str, torch.Tensor], terms: Sequence[str] = TERMS
@@ -102,8 +107,9 @@ class Combination:
         if stats is None or not torch.isfinite(stats).all():
             return None
         mean, std, weights = stats.tolist()
+        rule = "max" if float(extra.get(COMBINATION_PREFIX + "max", 0.0)) else "sum"
         return cls(tuple(terms), tuple(Standardizer(m, s) for m, s in zip(mean, std, strict=True)),
-                   tuple(weights))
+                   tuple(weights), rule)
 
 
 def min_variance_weights(z: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
@@ -142,6 +148,8 @@ def fit_combination(val_table: Mapping[str, torch.Tensor], terms: Sequence[str] 
     scalers = tuple(Standardizer.fit(val_table[t]) for t in terms)
     z = np.stack([s(val_table[t].double()).numpy() for t, s in zip(terms, scalers, strict=True)],
                  1)
+    if weighting == "max":  # each term counts in validation standard deviations
+        return Combination(tuple(terms), scalers, (1.0,) * len(terms), "max")
     if weighting == "equal" or len(z) < 3:
         weights = np.full(len(terms), 1.0 / len(terms))
     else:
@@ -220,10 +228,11 @@ def _extra(reference: Mapping[str, torch.Tensor], steps: torch.Tensor,
            combination: Combination | None) -> dict[str, torch.Tensor]:
     extra = {gradcon.REF_PREFIX + k: v for k, v in reference.items()}
     extra[gradcon.REF_STEPS] = steps
-    stats = (combination.to_tensors() if combination is not None
-             else {COMBINATION_PREFIX + "stats": torch.full((3, len(TERMS)), float("nan"),
-                                                            dtype=torch.float64)})
-    return extra | stats
+    if combination is None:  # placeholders until the first epoch's validation scores
+        return extra | {COMBINATION_PREFIX + "stats": torch.full((3, len(TERMS)), float("nan"),
+                                                                 dtype=torch.float64),
+                        COMBINATION_PREFIX + "max": torch.tensor(0.0)}
+    return extra | combination.to_tensors()
 
 
 def train(split: OneClassSplit, config: HybridConfig, run: Run,
@@ -384,12 +393,13 @@ def ablation(val_table: Mapping[str, torch.Tensor], test_table: Mapping[str, tor
 
     for t in terms:
         add(f"{t} alone", None, test_table[t])
-    gan_terms = [t for t in terms if t != "l_grad"]
+    subsets = {"GANomaly terms": [t for t in terms if t != "l_grad"],
+               "l_enc + l_grad": [t for t in ("l_enc", "l_grad") if t in terms],
+               "all terms": list(terms)}
     for weighting in WEIGHTINGS:
-        comb = fit_combination(val_table, gan_terms, weighting)
-        add(f"GANomaly terms ({weighting})", comb, comb(test_table))
-        comb = fit_combination(val_table, terms, weighting)
-        add(f"all terms ({weighting})", comb, comb(test_table))
+        for name, subset in subsets.items():
+            comb = fit_combination(val_table, subset, weighting)
+            add(f"{name} ({weighting})", comb, comb(test_table))
     return rows
 
 
