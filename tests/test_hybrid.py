@@ -161,6 +161,11 @@ def test_combination_weights_from_validation():
     assert w[0] + w[1] == pytest.approx(w[2], abs=0.05)
     assert float(mv(val).var()) < float(equal(val).var())
     assert float(equal.standardized(val)["c"].mean()) == pytest.approx(0, abs=1e-6)
+    largest = hy.fit_combination(val, ("a", "b", "c"), "max")
+    z = largest.standardized(val)
+    torch.testing.assert_close(largest(val), torch.stack([z["a"], z["b"], z["c"]]).amax(0))
+    assert hy.Combination.from_tensors(largest.to_tensors(), ("a", "b", "c")) == largest
+    assert hy.Combination.from_tensors(mv.to_tensors(), ("a", "b", "c")) == mv
     with pytest.raises(ValueError, match="weighting"):
         hy.fit_combination(val, ("a",), "test_auroc")
     with pytest.raises(ValueError, match="lacks"):
