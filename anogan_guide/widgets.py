@@ -135,7 +135,7 @@ def method_threshold_explorer(saved: dict, test_images=None, *, max_images: int 
     method = widgets.Dropdown(options=list(saved), description="method")
     threshold = widgets.FloatSlider(description="threshold", readout_format=".4g",
                                     continuous_update=False,
-                                    layout=widgets.Layout(width="60%"))
+                                    layout=widgets.Layout(width="60%")).add_class("ag-threshold")
     confusion = widgets.HTML().add_class("ag-confusion")
     stats = widgets.HTML().add_class("ag-stats")
     images = widgets.Output()
@@ -197,7 +197,8 @@ def method_threshold_explorer(saved: dict, test_images=None, *, max_images: int 
     method.observe(choose, names="value")
     threshold.observe(redraw, names="value")
     choose()
-    box = widgets.VBox([method, threshold, confusion, stats, images])
+    box = widgets.VBox([method, threshold, confusion, stats, images]).add_class(
+        "ag-threshold-explorer")  # the CSS classes let a browser test find its parts
     box.method, box.threshold, box.confusion, box.stats = method, threshold, confusion, stats
     return box
 
