@@ -73,6 +73,14 @@ def _wait_for_server(proc: subprocess.Popen, port: int, token: str, log: Path) -
     raise AssertionError(f"JupyterLab did not answer in 90 s: {log.read_text()[-2000:]}")
 
 
+def _accept_dialog(page) -> None:
+    """Accept JupyterLab's "Select Kernel" dialog (it offers the notebook's own kernel), which
+    it shows on some starts and not on others."""
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    if accept.count() and accept.first.is_visible():
+        accept.first.click()
+
+
 def test_threshold_slider_changes_the_confusion_matrix(tmp_path):
     if not Path(CHROMIUM).is_file():
         pytest.skip("Chromium not installed (apt-get install -y chromium); browser test skipped")
@@ -97,14 +105,24 @@ def test_threshold_slider_changes_the_confusion_matrix(tmp_path):
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                        timeout=90_000)
+                page.wait_for_timeout(2000)  # the kernel dialog, when it comes, comes now
+                _accept_dialog(page)
                 page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
                 page.locator(".lm-Menu-itemLabel",
                              has_text=re.compile("^Run All Cells$")).click()
-                confusion = page.locator(".ag-threshold-explorer .ag-confusion")
-                confusion.wait_for(timeout=180_000)
+                explorer = page.locator(".ag-threshold-explorer")
+                deadline = time.time() + 180
+                # attached, not visible: JupyterLab may hide cells scrolled out of view
+                while explorer.count() == 0 and time.time() < deadline:
+                    _accept_dialog(page)
+                    page.wait_for_timeout(500)
+                explorer.wait_for(state="attached", timeout=1000)
+                explorer.scroll_into_view_if_needed()
+                confusion = explorer.locator(".ag-confusion")
+                confusion.wait_for(timeout=30_000)
                 before = confusion.inner_text()
                 assert re.search(r"TN \d+", before), before
-                handle = page.locator(".ag-threshold-explorer .ag-threshold .noUi-handle")
+                handle = explorer.locator(".ag-threshold .noUi-handle")
                 handle.scroll_into_view_if_needed()
                 box = handle.bounding_box()
                 x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -118,6 +136,9 @@ def test_threshold_slider_changes_the_confusion_matrix(tmp_path):
                     page.wait_for_timeout(250)
                     after = confusion.inner_text()
                 page.screenshot(path=str(tmp_path / "after_drag.png"))
+            except Exception:
+                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+                raise
             finally:
                 browser.close()
     finally:
