@@ -203,6 +203,15 @@ def method_threshold_explorer(saved: dict, test_images=None, *, max_images: int 
     return box
 
 
+def weights_from_description(text: str) -> dict[str, float]:
+    """{term: weight} from a fitted combination as the hybrid records it in metrics.json
+    ("0.250*z(l_enc) + 0.250*z(l_con) + ..."); {} when there is none."""
+    import re
+
+    return {term: float(w) for w, term in
+            re.findall(r"([-+]?[\d.]+(?:[eE][-+]?\d+)?)\*z\(([^)]+)\)", text or "")}
+
+
 def term_weight_explorer(saved, terms=None, weights=None, *, max_weight: float = 2.0
                          ) -> widgets.interactive:
     """A weight slider per score term: score = sum_t w_t * z_t, each term standardised with the

@@ -33,10 +33,18 @@ def make_run_folder(root: Path, methods=("ganomaly", "gradcon", "hybrid"), image
             val[term] = torch.randn(len(split.val), generator=gen) * (j + 1)
             test[term] = (torch.randn(len(index), generator=gen) + (k + j + 1) * 0.5
                           * labels[index]) * (j + 1)
-        val["score"] = sum(val[t] / (j + 1) for j, t in enumerate(terms))
-        test["score"] = sum(test[t] / (j + 1) for j, t in enumerate(terms))
+        params = {"k": k}
+        if method == "hybrid":  # as hybrid.py: validation z-scores, weights in metrics.json
+            weights = dict(zip(terms, (0.4, 0.3, 0.2, 0.1), strict=True))
+            z = {t: evaluate.Standardizer.fit(val[t]) for t in terms}
+            val["score"] = sum(w * z[t](val[t]) for t, w in weights.items())
+            test["score"] = sum(w * z[t](test[t]) for t, w in weights.items())
+            params["combination"] = " + ".join(f"{w:.3f}*z({t})" for t, w in weights.items())
+        else:
+            val["score"] = sum(val[t] / (j + 1) for j, t in enumerate(terms))
+            test["score"] = sum(test[t] / (j + 1) for j, t in enumerate(terms))
         evaluate.finish_method(run, method, split, val, test, test_indices=index,
-                               train_seconds=1.0 + k, score_seconds=0.5, params={"k": k})
+                               train_seconds=1.0 + k, score_seconds=0.5, params=params)
     return run, split
 
 
@@ -110,6 +118,17 @@ def test_term_weights_one_term_alone_and_all(prepared):
         widgets.term_weight_explorer(hybrid, terms=["l_nope"])
 
 
+def test_term_weights_start_from_the_fitted_combination(prepared):
+    run, _, saved = prepared
+    entry = evaluate.read_metrics(run)["methods"]["hybrid"]
+    fitted = widgets.weights_from_description(entry["params"]["combination"])
+    assert fitted == {"l_enc": 0.4, "l_con": 0.3, "l_adv": 0.2, "l_grad": 0.1}
+    w = widgets.term_weight_explorer(saved["hybrid"], weights=fitted)
+    assert w.result["auroc"] == pytest.approx(entry["auroc"])
+    assert w.result["threshold"] == pytest.approx(entry["threshold"])
+    assert widgets.weights_from_description("") == {}
+
+
 def _run_cli(*args):
     return subprocess.run([sys.executable, "-m", "anogan_guide.cli", "run", *args, "-f",
                            str(REPO / "params" / "ci.yaml")], capture_output=True, text=True,
@@ -132,6 +151,7 @@ def test_results_notebook_reads_every_method_without_retraining(tmp_path):
     assert "methods compared: ganomaly, gradcon, hybrid" in text
     assert "anogan: not in this run folder" in text
     assert "| hybrid |" in text
+    assert "weights fitted on the validation normals: {'l_enc': 0.4," in text
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "scores").iterdir()}
     assert not list((tmp_path / "model_saves").iterdir())  # nothing trained
 
