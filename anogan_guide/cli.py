@@ -6,6 +6,12 @@ Executed notebooks go to DIR/notebooks/, artifacts to DIR (passed to every noteb
 `run_dir`). A parameters file holds top-level values for every notebook that declares them and
 an optional `notebooks:` mapping of per-notebook values (`notebooks: {03_ganomaly: {epochs: 2}}`).
 `-p` values are parsed as YAML scalars (3 -> int, true -> bool, ../data -> str) and override both.
+
+    anogan-guide sweep [--dataset D] [--classes 0-9] [--seeds 0,1,2] [--methods ...] [--jobs N]
+                       [-p NAME VALUE ...] [-f PARAMS.yaml] --out DIR
+
+runs the same notebooks for every (class, seed) and writes DIR/results.csv and results.md
+(anogan_guide/sweep.py).
 """
 
 from __future__ import annotations
