@@ -142,7 +142,9 @@ def train(split: OneClassSplit, config: GradConConfig, run: Run,
     if config.batch_size < 1 or config.score_batch_size < 1:
         raise ValueError("batch_size and score_batch_size must be at least 1; e.g. "
                          "-p batch_size 64")
-    model = GradConAE(split.image_size, split.channels).to(device)
+    # channels-last: oneDNN's fast path for (transposed) convolutions on the CPU
+    model = GradConAE(split.image_size, split.channels).to(device,
+                                                           memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     reference = {name: torch.zeros_like(dict(model.named_parameters())[name])
                  for name in model.gradient_layers()}
@@ -161,7 +163,8 @@ def train(split: OneClassSplit, config: GradConConfig, run: Run,
     for _ in loop.epochs():
         model.train()
         for step, (x, _) in loop.steps(loader):
-            losses = gradcon_step(model, optimizer, x.to(device), reference, steps, config.beta)
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            losses = gradcon_step(model, optimizer, x, reference, steps, config.beta)
             loop.record(step, **losses)
         model.eval()
         val_loss = validation_loss(model, reference, val, beta=config.beta,
