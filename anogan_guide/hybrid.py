@@ -15,10 +15,11 @@ Scoring keeps every term per image: l_enc, l_con, l_adv (GANomaly's batched eval
 l_grad with each decoder layer's cosine (GradCon's exact batched per-sample machinery applied
 to the generator's reconstruction path E1 -> decoder). The final score combines the terms after
 standardising each with the mean and standard deviation of the validation normals
-(`evaluate.Standardizer`), with weights fitted on the validation normals only
-(`fit_combination`): `equal` weights, or `min_variance` - the non-negative weights, summing to
-one, that make the combined validation score most concentrated (smallest variance). No test
-image or label is involved.
+(`evaluate.Standardizer`), combined by a rule fitted on the validation normals only
+(`fit_combination`): `max` (the default: the largest z-score, i.e. the term most unusual for a
+normal image), `equal` weights (the mean z-score), or `min_variance` - the non-negative weights,
+summing to one, that make the combined validation score most concentrated (smallest variance).
+No test image or label is involved.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class HybridConfig(GanomalyConfig):
     """GANomaly's parameters plus the gradient term's weight and the score combination."""
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
-    weighting: str = "equal"  # how the standardised terms combine: equal | min_variance | max
+    weighting: str = "max"  # how the standardised terms combine: max | equal | min_variance
     score_batch_size: int = 256  # images per batched scoring pass
 
     def __post_init__(self) -> None:
@@ -137,7 +138,7 @@ def min_variance_weights(z: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
 
 
 def fit_combination(val_table: Mapping[str, torch.Tensor], terms: Sequence[str] = TERMS,
-                    weighting: str = "equal") -> Combination:
+                    weighting: str = "max") -> Combination:
     """Standardise `terms` with the validation normals' statistics and weight them (see the
     module docstring). `val_table` must hold validation normals only."""
     if weighting not in WEIGHTINGS:
