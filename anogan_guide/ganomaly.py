@@ -319,17 +319,23 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
                            train_seconds=loop.train_seconds)
 
 
-def load(run: Run, device: torch.device | str = "cpu", which: str = "best") -> TrainedGanomaly:
-    """Reload trained GANomaly models from the run folder (in a fresh kernel), in eval mode."""
-    path = run.checkpoint(METHOD, which)
-    saved = read_checkpoint(path)["config"]
-    config = GanomalyConfig(**{f.name: saved[f.name] for f in fields(GanomalyConfig)
-                               if f.name in saved})
+def load_networks(run: Run, method: str, config_class: type, device: torch.device | str = "cpu",
+                  which: str = "best"):
+    """(config, generator, discriminator, checkpoint) of a GANomaly-family run (GANomaly, the
+    hybrid), rebuilt from the checkpoint's config in a fresh kernel, in eval mode."""
+    saved = read_checkpoint(run.checkpoint(method, which))["config"]
+    config = config_class(**{f.name: saved[f.name] for f in fields(config_class) if f.name in saved})
     g = GanomalyGenerator(saved["image_size"], saved["channels"], config.latent_dim, config.width)
     d = GanomalyDiscriminator(saved["image_size"], saved["channels"], config.width)
     g, d = g.to(device), d.to(device)
-    checkpoint = load_trained(run, METHOD, {"generator": g, "discriminator": d}, which=which,
+    checkpoint = load_trained(run, method, {"generator": g, "discriminator": d}, which=which,
                               map_location=device)
+    return config, g, d, checkpoint
+
+
+def load(run: Run, device: torch.device | str = "cpu", which: str = "best") -> TrainedGanomaly:
+    """Reload trained GANomaly models from the run folder (in a fresh kernel), in eval mode."""
+    config, g, d, checkpoint = load_networks(run, METHOD, GanomalyConfig, device, which)
     m = checkpoint["metrics"]
     return TrainedGanomaly(g, d, config, checkpoint["epoch"], m.get("best_epoch", -1),
                            history=checkpoint["history"].get("steps", {}),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,8 +38,8 @@ from .data import OneClassSplit
 from .evaluate import Standardizer
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .nets import GanomalyDiscriminator, GanomalyGenerator
-from .runs import Run, read_checkpoint
-from .training import TrainingLoop, load_trained
+from .runs import Run
+from .training import TrainingLoop
 
 METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
@@ -306,14 +306,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
 
 def load(run: Run, device: torch.device | str = "cpu", which: str = "best") -> TrainedHybrid:
     """Reload a trained hybrid (networks, reference gradients, combination) from the run folder."""
-    saved = read_checkpoint(run.checkpoint(METHOD, which))["config"]
-    config = HybridConfig(**{f.name: saved[f.name] for f in fields(HybridConfig)
-                             if f.name in saved})
-    g = GanomalyGenerator(saved["image_size"], saved["channels"], config.latent_dim, config.width)
-    d = GanomalyDiscriminator(saved["image_size"], saved["channels"], config.width)
-    g, d = g.to(device), d.to(device)
-    checkpoint = load_trained(run, METHOD, {"generator": g, "discriminator": d}, which=which,
-                              map_location=device)
+    config, g, d, checkpoint = ganomaly.load_networks(run, METHOD, HybridConfig, device, which)
     extra = checkpoint["extra"]
     reference = {k[len(gradcon.REF_PREFIX):]: v.to(device) for k, v in extra.items()
                  if k.startswith(gradcon.REF_PREFIX)}
