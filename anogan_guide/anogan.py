@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from torch import nn
 
 from .data import ImageSet, OneClassSplit
 from .nets import ConvEncoder, Discriminator, Generator, dcgan_init
-from .runs import Run, progress
+from .runs import Run, config_from_dict, progress
 from .training import TrainingLoop, load_trained
 
 GAN_LOSSES = ("bce", "wgan-gp")
@@ -91,8 +91,7 @@ class AnoganConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AnoganConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return config_from_dict(cls, data)
 
 
 @dataclass
@@ -471,8 +470,7 @@ class FanoganConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FanoganConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return config_from_dict(cls, data)
 
 
 @dataclass

@@ -18,7 +18,7 @@ batched), and no statistic is taken from the test set.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from .data import ImageSet, OneClassSplit
 from .nets import GanomalyDiscriminator, GanomalyGenerator, dcgan_init
-from .runs import Run, read_checkpoint, save_image_grid
+from .runs import Run, config_from_dict, read_checkpoint, save_image_grid
 from .training import TrainingLoop, load_trained
 
 METHOD = "ganomaly"
@@ -324,7 +324,7 @@ def load_networks(run: Run, method: str, config_class: type, device: torch.devic
     """(config, generator, discriminator, checkpoint) of a GANomaly-family run (GANomaly, the
     hybrid), rebuilt from the checkpoint's config in a fresh kernel, in eval mode."""
     saved = read_checkpoint(run.checkpoint(method, which))["config"]
-    config = config_class(**{f.name: saved[f.name] for f in fields(config_class) if f.name in saved})
+    config = config_from_dict(config_class, saved)
     g = GanomalyGenerator(saved["image_size"], saved["channels"], config.latent_dim, config.width)
     d = GanomalyDiscriminator(saved["image_size"], saved["channels"], config.width)
     g, d = g.to(device), d.to(device)

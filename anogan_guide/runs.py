@@ -254,6 +254,15 @@ def load_config_checked(checkpoint: dict, config: dict, path: str | Path, keys: 
 # ---------------------------------------------------------------------------------------------
 
 
+def config_from_dict(config_class: type, data: dict):
+    """A config dataclass from a checkpoint's config dict, ignoring keys the class does not have
+    (the checkpoint also records image_size, channels, ...)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_class)}
+    return config_class(**{k: v for k, v in data.items() if k in names})
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """Run fn() and return (result, seconds), synchronising CUDA so the time is real."""
     import time
