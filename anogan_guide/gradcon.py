@@ -2,8 +2,9 @@
 
 Training: loss = MSE + beta * L_grad, where L_grad is the mean over the decoder's transposed-conv
 weights W of -cos(dMSE/dW, ref_W). dMSE/dW is taken with `create_graph=True`, so L_grad trains
-the weights through a second-order term; ref_W is the running (cumulative) average of dMSE/dW
-over all training steps so far (L_grad = 0 at the first step). The references are saved in the
+the weights through a second-order term; ref_W is the running (cumulative) average of W's
+gradient of the training loss over all training steps so far, as the official code keeps it
+(L_grad = 0 at the first step, where the gradient is dMSE/dW). The references are saved in the
 checkpoint (`extra`), so a reloaded model scores exactly as the trained one.
 
 Scoring: anomaly score = MSE_i - grad_weight * mean_W cos(dMSE_i/dW, ref_W) for each image i
@@ -101,8 +102,9 @@ def gradient_loss(grads: Iterable[torch.Tensor], reference: Iterable[torch.Tenso
 def gradcon_step(model: GradConAE, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  reference: dict[str, torch.Tensor], steps: torch.Tensor, beta: float
                  ) -> dict[str, torch.Tensor]:
-    """One training step: MSE + beta * L_grad, then fold this step's gradient into the running
-    average reference (in place; `steps` counts the steps averaged so far)."""
+    """One training step: MSE + beta * L_grad, and this step's gradient of that loss with
+    respect to each scored weight folded into its running-average reference (in place; `steps`
+    counts the steps averaged so far)."""
     params = dict(model.named_parameters())
     weights = [params[name] for name in reference]
     x_hat = model(x)
@@ -118,8 +120,11 @@ def gradcon_step(model: GradConAE, optimizer: torch.optim.Optimizer, x: torch.Te
         loss = mse
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    # the reference averages W's gradient of the whole training loss, as the official code does
+    # (its `weight.grad` after backward); with dMSE/dW alone the cosine term ranked MNIST class 0
+    # at AUROC 0.84 instead of 0.97 after 10 epochs (README, GradCon)
+    update_reference(reference, [w.grad for w in weights], steps)
     optimizer.step()
-    update_reference(reference, grads, steps)
     return {"loss": loss.detach(), "mse": mse.detach(), "l_grad": l_grad.detach()}
 
 

@@ -133,12 +133,19 @@ def test_reference_is_the_running_mean_of_gradients():
     params = dict(model.named_parameters())
     ref = {n: torch.zeros_like(params[n]) for n in model.gradient_layers()}
     count = torch.zeros((), dtype=torch.long)
+    weights = [params[n] for n in ref]
     grads = []
     for i in range(3):
         xb = x[i * 8:(i + 1) * 8]
-        grads.append(torch.autograd.grad(F.mse_loss(model(xb), xb), [params[n] for n in ref]))
+        # W's gradient of the whole training loss: dMSE/dW at step one, + beta * dL_grad/dW after
+        mse = F.mse_loss(model(xb), xb)
+        g_mse = torch.autograd.grad(mse, weights, create_graph=True)
+        loss = mse + 0.03 * gc.gradient_loss(g_mse, [r.clone() for r in ref.values()]) if i else mse
+        grads.append(torch.autograd.grad(loss, weights))
         gc.gradcon_step(model, opt, xb, ref, count, beta=0.03)
     assert int(count) == 3
+    assert any((a - b).abs().max() > 1e-6 for a, b in zip(grads[1], torch.autograd.grad(
+        F.mse_loss(model(x[8:16]), x[8:16]), weights)))  # the gradient term really enters
     for j, r in enumerate(ref.values()):
         torch.testing.assert_close(r, sum(g[j] for g in grads) / 3)
 
