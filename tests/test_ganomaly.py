@@ -11,7 +11,6 @@ import torch
 import anogan_guide as ag
 from anogan_guide import ganomaly as gm
 from anogan_guide.nets import GanomalyDiscriminator, GanomalyGenerator
-from anogan_guide.training import TrainingLoop
 
 TINY = dict(batch_size=32, width=8, latent_dim=16, lr=1e-3, min_steps_per_epoch=0)
 
@@ -113,29 +112,9 @@ def test_discriminator_reinitialised_when_its_loss_collapses(split, tmp_path, mo
     assert not calls and trained.epoch_history["d_reinits"] == [0, 0]
 
 
-def test_resume_after_interruption_gives_identical_weights(split, tmp_path, monkeypatch):
-    config = tiny_config(epochs=3)
-    ag.seed_everything(0)
-    straight = ag.open_run(tmp_path / "straight")
-    gm.train(split, config, straight)
-
-    interrupted = ag.open_run(tmp_path / "interrupted")
-    original_record = TrainingLoop.record
-
-    def record(self, step, **losses):
-        if self.epoch == 1 and step == 1:  # the second epoch, after two optimiser steps
-            raise KeyboardInterrupt
-        return original_record(self, step, **losses)
-
-    ag.seed_everything(0)
-    monkeypatch.setattr(TrainingLoop, "record", record)
-    with pytest.raises(KeyboardInterrupt):
-        gm.train(split, config, interrupted)
-    monkeypatch.setattr(TrainingLoop, "record", original_record)
-    assert gm.load(interrupted, which="last").epoch == 1
-
-    ag.seed_everything(123)  # resuming restores every random state from the checkpoint
-    resumed = gm.train(split, dataclasses.replace(config, resume=True), interrupted)
+def test_resume_after_interruption_gives_identical_weights(split, train_interrupted_and_straight):
+    straight, interrupted, resumed = train_interrupted_and_straight(
+        gm, split, tiny_config(epochs=3))
     a, b = gm.load(straight, which="last"), gm.load(interrupted, which="last")
     assert a.epoch == b.epoch == 3
     assert_same_state(state(a.generator), state(b.generator))

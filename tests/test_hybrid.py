@@ -3,8 +3,6 @@ exact per-image gradient terms, a combination fitted on validation normals only.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,6 @@ import torch.nn.functional as F
 
 import anogan_guide as ag
 from anogan_guide import hybrid as hy
-from anogan_guide.training import TrainingLoop
 
 TINY = dict(batch_size=32, width=8, latent_dim=16, lr=1e-3, min_steps_per_epoch=0)
 
@@ -112,29 +109,9 @@ def test_per_image_gradient_term_is_exact_and_batch_independent(split, tmp_path)
     assert g.training is False
 
 
-def test_resume_after_interruption_gives_identical_weights(split, tmp_path, monkeypatch):
-    config = tiny_config(epochs=3)
-    ag.seed_everything(0)
-    straight = ag.open_run(tmp_path / "straight")
-    hy.train(split, config, straight)
-
-    interrupted = ag.open_run(tmp_path / "interrupted")
-    original_record = TrainingLoop.record
-
-    def record(self, step, **losses):
-        if self.epoch == 1 and step == 1:  # the second epoch, after two optimiser steps
-            raise KeyboardInterrupt
-        return original_record(self, step, **losses)
-
-    ag.seed_everything(0)
-    monkeypatch.setattr(TrainingLoop, "record", record)
-    with pytest.raises(KeyboardInterrupt):
-        hy.train(split, config, interrupted)
-    monkeypatch.setattr(TrainingLoop, "record", original_record)
-    assert hy.load(interrupted, which="last").epoch == 1
-
-    ag.seed_everything(123)  # resuming restores every random state from the checkpoint
-    resumed = hy.train(split, dataclasses.replace(config, resume=True), interrupted)
+def test_resume_after_interruption_gives_identical_weights(split, train_interrupted_and_straight):
+    straight, interrupted, resumed = train_interrupted_and_straight(
+        hy, split, tiny_config(epochs=3))
     a, b = hy.load(straight, which="last"), hy.load(interrupted, which="last")
     assert a.epoch == b.epoch == 3
     for x, y in ((a.generator, b.generator), (a.discriminator, b.discriminator)):
