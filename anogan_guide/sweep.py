@@ -193,13 +193,26 @@ def _last_error_line(text: str) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
-def execute_run(run: SweepRun, cmd: list[str], gpu: int | None) -> str | None:
-    """Run one `anogan-guide run` subprocess; its output goes to <run>/sweep.log. Returns None on
-    success, else one line saying what failed."""
+def cpu_threads_per_job(jobs: int) -> int | None:
+    """CPU threads for each of `jobs` parallel runs: the cores shared out, so that parallel runs
+    do not oversubscribe the CPU (PyTorch's threads spin-wait, and two runs with a thread per
+    core each ran several times slower than one after the other). None for a single job or
+    when the user set OMP_NUM_THREADS."""
+    if jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def execute_run(run: SweepRun, cmd: list[str], gpu: int | None, threads: int | None = None
+                ) -> str | None:
+    """Run one `anogan-guide run` subprocess (with `threads` CPU threads when given); its output
+    goes to <run>/sweep.log. Returns None on success, else one line saying what failed."""
     run.folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, ANOGAN_GUIDE_QUIET="1")  # the sweep's own bar is the one to watch
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     log = run.folder / "sweep.log"
     with open(log, "w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -227,6 +240,7 @@ def sweep(dataset: str, classes: Sequence, seeds: Sequence[int], methods: Sequen
     gpus = gpu_count()
     slots: list[int | None] = [i % gpus if gpus else None for i in range(max(1, jobs))]
     free = list(range(len(slots)))
+    threads = cpu_threads_per_job(jobs)
     lock = threading.Lock()
     failures: dict[str, str] = {}
 
@@ -237,7 +251,8 @@ def sweep(dataset: str, classes: Sequence, seeds: Sequence[int], methods: Sequen
         with lock:
             slot = free.pop()
         try:
-            return execute_run(run, run_command(run, notebooks, mine, params_file), slots[slot])
+            return execute_run(run, run_command(run, notebooks, mine, params_file), slots[slot],
+                               None if gpus else threads)
         finally:
             with lock:
                 free.append(slot)

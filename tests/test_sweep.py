@@ -60,7 +60,7 @@ def test_finished_runs_are_skipped_and_partial_ones_run_only_what_is_missing(tmp
     assert sweep.missing_methods(runs[1], ["anogan", "gradcon"]) == ["anogan"]
     assert sweep.missing_methods(runs[2], ["anogan", "gradcon"]) == ["anogan", "gradcon"]
     calls = []
-    monkeypatch.setattr(sweep, "execute_run", lambda run, cmd, gpu: calls.append(cmd) or None)
+    monkeypatch.setattr(sweep, "execute_run", lambda run, cmd, gpu, threads=None: calls.append(cmd) or None)
     messages = []
     failures = sweep.sweep("digits", [0, 1, 2], [0], ["anogan", "gradcon"], out,
                            overrides={"epochs": "2", "iterations": "5"},
@@ -80,7 +80,8 @@ def test_one_gpu_per_job_and_failures_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "gpu_count", lambda: 2)
     busy, seen, lock = set(), [], threading.Lock()
 
-    def fake(run, cmd, gpu):
+    def fake(run, cmd, gpu, threads=None):
+        assert threads is None  # GPU jobs keep the default CPU threads
         with lock:
             assert gpu not in busy, "two jobs on one GPU"
             busy.add(gpu)
@@ -95,6 +96,21 @@ def test_one_gpu_per_job_and_failures_reported(tmp_path, monkeypatch):
                            echo=lambda m: None)
     assert sorted(set(seen)) == [0, 1] and len(seen) == 8
     assert failures == {"class 3 seed 0": "boom (log: x)", "class 3 seed 1": "boom (log: x)"}
+
+
+def test_parallel_cpu_jobs_share_the_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "gpu_count", lambda: 0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 8)
+    assert sweep.cpu_threads_per_job(1) is None
+    assert sweep.cpu_threads_per_job(3) == 2 and sweep.cpu_threads_per_job(16) == 1
+    seen = []
+    monkeypatch.setattr(sweep, "execute_run",
+                        lambda run, cmd, gpu, threads=None: seen.append((gpu, threads)))
+    sweep.sweep("digits", [0, 1], [0], ["gradcon"], tmp_path, jobs=4, echo=lambda m: None)
+    assert seen == [(None, 2), (None, 2)]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+    assert sweep.cpu_threads_per_job(4) is None
 
 
 def test_results_files_with_published_figures(tmp_path):
