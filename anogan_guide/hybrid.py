@@ -16,10 +16,13 @@ l_grad with each decoder layer's cosine (GradCon's exact batched per-sample mach
 to the generator's reconstruction path E1 -> decoder). The final score combines the terms after
 standardising each with the mean and standard deviation of the validation normals
 (`evaluate.Standardizer`), combined by a rule fitted on the validation normals only
-(`fit_combination`): `max` (the default: the largest z-score, i.e. the term most unusual for a
-normal image), `equal` weights (the mean z-score), or `min_variance` - the non-negative weights,
-summing to one, that make the combined validation score most concentrated (smallest variance).
-No test image or label is involved.
+(`fit_combination`): `max` (the largest z-score, i.e. the term most unusual for a normal image),
+`equal` weights (the mean z-score), `min_variance` (the non-negative weights, summing to one,
+that make the combined validation score most concentrated), or `pseudo` (the default): of those
+three rules and each term alone, the candidate that best separates the validation normals from
+their `pseudo_anomalies` (the same images turned and mirrored). A rule fitted on normals alone
+cannot tell which terms rise for anomalies; on MNIST some do not (class 0: L_adv at chance), and
+every fixed rule then scored below L_enc alone. No test image or label is involved.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from .training import TrainingLoop
 METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
 TERMS = ("l_enc", "l_con", "l_adv", "l_grad")
-WEIGHTINGS = ("equal", "min_variance", "max")
+WEIGHTINGS = ("pseudo", "equal", "min_variance", "max")
+RULES = ("equal", "min_variance", "max")  # the rules `pseudo` chooses from, beside single terms
 COMBINATION_PREFIX = "combination/"  # the fitted combination in the checkpoint's `extra`
 ScoreTable = dict[str, torch.Tensor]
 
@@ -54,7 +58,7 @@ class HybridConfig(GanomalyConfig):
     """GANomaly's parameters plus the gradient term's weight and the score combination."""
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
-    weighting: str = "max"  # how the standardised terms combine: max | equal | min_variance
+    weighting: str = "pseudo"  # how the standardised terms combine: pseudo | equal | min_variance | max
     score_batch_size: int = 256  # images per batched scoring pass
 
     def __post_init__(self) -> None:
@@ -92,7 +96,8 @@ class Combination:
         return torch.stack(weighted).amax(0) if self.rule == "max" else sum(weighted)
 
     def describe(self) -> str:
-        parts = [f"{w:.3f}*z({t})" for t, w in zip(self.terms, self.weights, strict=True)]
+        parts = [f"{w:.3f}*z({t})" for t, w in zip(self.terms, self.weights, strict=True)
+                 if w or self.rule == "max"]
         return f"max({', '.join(parts)})" if self.rule == "max" else " + ".join(parts)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
@@ -137,15 +142,56 @@ def min_variance_weights(z: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
     return best
 
 
+def pseudo_anomalies(images: torch.Tensor) -> torch.Tensor:
+    """Stand-ins for anomalies made from normal images alone: each image turned by 90, 180 and
+    270 degrees and mirrored left-right and upside-down. They keep the normal class's strokes,
+    textures and intensities but not its shape, as images of another class do. Deterministic."""
+    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"pseudo_anomalies needs square images (N, C, H, H), got "
+                         f"{tuple(images.shape)}")
+    return torch.cat([torch.rot90(images, k, (2, 3)) for k in (1, 2, 3)]
+                     + [images.flip(3), images.flip(2)])
+
+
+def separation(values_normal: torch.Tensor, values_pseudo: torch.Tensor) -> float:
+    """AUROC of a score separating validation normals (0) from their pseudo-anomalies (1)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.r_[np.zeros(len(values_normal)), np.ones(len(values_pseudo))]
+    values = torch.cat([values_normal, values_pseudo]).double().numpy()
+    return float(roc_auc_score(labels, values))
+
+
+def candidate_combinations(val_table: Mapping[str, torch.Tensor], terms: Sequence[str] = TERMS
+                           ) -> dict[str, Combination]:
+    """What `weighting="pseudo"` chooses from: each term alone, then the rules in RULES, all
+    fitted on the validation normals."""
+    single = {f"{t} alone": Combination(tuple(terms), tuple(Standardizer.fit(val_table[u])
+                                                             for u in terms),
+                                        tuple(float(u == t) for u in terms))
+              for t in terms}
+    return single | {rule: fit_combination(val_table, terms, rule) for rule in RULES}
+
+
 def fit_combination(val_table: Mapping[str, torch.Tensor], terms: Sequence[str] = TERMS,
-                    weighting: str = "max") -> Combination:
+                    weighting: str = "pseudo",
+                    pseudo_table: Mapping[str, torch.Tensor] | None = None) -> Combination:
     """Standardise `terms` with the validation normals' statistics and weight them (see the
-    module docstring). `val_table` must hold validation normals only."""
+    module docstring). `val_table` must hold validation normals only; `weighting="pseudo"`
+    also needs `pseudo_table`, the terms of their `pseudo_anomalies`, and returns the candidate
+    (`candidate_combinations`) that separates the two best (ties: the earlier candidate)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r} is unknown; use one of {', '.join(WEIGHTINGS)}")
     missing = [t for t in terms if t not in val_table]
     if missing:
         raise ValueError(f"the validation table lacks {missing}; score with hybrid.score first")
+    if weighting == "pseudo":
+        if pseudo_table is None:
+            raise ValueError("weighting='pseudo' needs pseudo_table: the terms of "
+                             "hybrid.pseudo_anomalies(validation images), scored like them")
+        candidates = candidate_combinations(val_table, terms)
+        auc = {name: separation(c(val_table), c(pseudo_table)) for name, c in candidates.items()}
+        return candidates[max(auc, key=auc.get)]  # max keeps the first of equal values
     scalers = tuple(Standardizer.fit(val_table[t]) for t in terms)
     z = np.stack([s(val_table[t].double()).numpy() for t, s in zip(terms, scalers, strict=True)],
                  1)
@@ -265,7 +311,9 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
     loader = ganomaly._Cycled(train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
                                                drop_last=len(train_set) > config.batch_size),
                               config.min_steps_per_epoch)
-    shown = split.val.in_range(*VALUE_RANGE).tensors()[:progress_images].to(device)
+    val_images = split.val.in_range(*VALUE_RANGE).tensors()
+    shown = val_images[:progress_images].to(device)
+    pseudo = pseudo_anomalies(val_images) if config.weighting == "pseudo" else None
     trained = TrainedHybrid(g, d, config, loop.epoch, loop.best_epoch, reference=reference)
     reinits = int(loop.epoch_history.get("d_reinits", [0])[-1]) if loop.epoch_history else 0
 
@@ -280,7 +328,10 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
                 ganomaly.reinit_discriminator(d, opt_d)
                 reinits += 1
         val_table, val_z = score_with_latent(trained, split.val, combination=None)
-        trained.combination = fit_combination(val_table, weighting=config.weighting)
+        pseudo_table = (score_with_latent(trained, pseudo, combination=None)[0]
+                        if config.weighting == "pseudo" else None)
+        trained.combination = fit_combination(val_table, weighting=config.weighting,
+                                              pseudo_table=pseudo_table)
         for name in TERMS:
             loop.epoch_history.setdefault(f"val_{name}", []).append(float(val_table[name].mean()))
         loop.epoch_history.setdefault("val_l_enc_rel", []).append(
@@ -373,9 +424,10 @@ def score(trained: TrainedHybrid, images, *, batch_size: int | None = None) -> S
 
 
 def ablation(val_table: Mapping[str, torch.Tensor], test_table: Mapping[str, torch.Tensor],
-             test_labels, terms: Sequence[str] = TERMS) -> list[dict]:
-    """Test AUROC of each term alone and of combinations (each fitted on validation only):
-    rows {"score", "weights", "auroc"}."""
+             test_labels, terms: Sequence[str] = TERMS,
+             pseudo_table: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
+    """Test AUROC of each term alone and of combinations (each fitted on validation only;
+    the `pseudo` rows only when `pseudo_table` is given): rows {"score", "weights", "auroc"}."""
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(test_labels).astype(int)
@@ -391,8 +443,10 @@ def ablation(val_table: Mapping[str, torch.Tensor], test_table: Mapping[str, tor
                "l_enc + l_grad": [t for t in ("l_enc", "l_grad") if t in terms],
                "all terms": list(terms)}
     for weighting in WEIGHTINGS:
+        if weighting == "pseudo" and pseudo_table is None:
+            continue
         for name, subset in subsets.items():
-            comb = fit_combination(val_table, subset, weighting)
+            comb = fit_combination(val_table, subset, weighting, pseudo_table)
             add(f"{name} ({weighting})", comb, comb(test_table))
     return rows
 

@@ -149,6 +149,31 @@ def test_combination_weights_from_validation():
         hy.fit_combination(val, ("a", "l_grad"))
 
 
+def test_pseudo_anomalies_and_the_choice_they_make():
+    x = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
+    pseudo = hy.pseudo_anomalies(x)
+    assert pseudo.shape == (10, 1, 3, 3)
+    torch.testing.assert_close(pseudo[0, 0], x[0, 0].rot90(1))  # turned 90 degrees
+    torch.testing.assert_close(pseudo[8, 0], x[0, 0].flip(0))  # upside-down
+    with pytest.raises(ValueError, match="square"):
+        hy.pseudo_anomalies(torch.zeros(2, 1, 3, 4))
+    # term a rises for the pseudo-anomalies, b does not, c falls: "a alone" separates best
+    rng = np.random.default_rng(1)
+    val = {t: torch.tensor(rng.normal(size=300)) for t in "abc"}
+    shifted = {"a": 2.0, "b": 0.0, "c": -2.0}
+    pseudo_table = {t: torch.tensor(rng.normal(size=500) + shifted[t]) for t in "abc"}
+    chosen = hy.fit_combination(val, ("a", "b", "c"), "pseudo", pseudo_table)
+    assert chosen.weights == (1.0, 0.0, 0.0) and chosen.rule == "sum"
+    assert chosen.describe() == "1.000*z(a)"
+    assert set(hy.candidate_combinations(val, ("a", "b", "c"))) == {
+        "a alone", "b alone", "c alone", "equal", "min_variance", "max"}
+    # when two terms rise together, their sum separates better than either alone
+    pseudo_table["b"] = pseudo_table["b"] + 2.0
+    assert hy.fit_combination(val, ("a", "b"), "pseudo", pseudo_table).weights == (0.5, 0.5)
+    with pytest.raises(ValueError, match="pseudo_table"):
+        hy.fit_combination(val, ("a", "b"), "pseudo")
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="weighting"):
         hy.HybridConfig(weighting="best")
