@@ -44,7 +44,7 @@ class GanomalyConfig:
 
     epochs: int = 15
     batch_size: int = 64
-    min_steps_per_epoch: int = 20  # small sets (e.g. 8x8 digits) are cycled to this many steps
+    min_steps_per_epoch: int = 10  # small sets (e.g. 8x8 digits) are cycled to this many steps
     lr: float = 2e-4
     beta1: float = 0.5
     latent_dim: int = 100
