@@ -109,10 +109,9 @@ def gradcon_step(model: GradConAE, optimizer: torch.optim.Optimizer, x: torch.Te
     weights = [params[name] for name in reference]
     x_hat = model(x)
     mse = F.mse_loss(x_hat, x)
-    use_grad_loss = beta != 0 and int(steps) > 0  # no reference yet at the first step
-    # create_graph: L_grad depends on the weights through dMSE/dW, so it trains them too
-    grads = torch.autograd.grad(mse, weights, create_graph=use_grad_loss, retain_graph=True)
-    if use_grad_loss:
+    if beta != 0 and int(steps) > 0:  # no reference yet at the first step
+        # create_graph: L_grad depends on the weights through dMSE/dW, so it trains them too
+        grads = torch.autograd.grad(mse, weights, create_graph=True)
         l_grad = gradient_loss(grads, reference.values())
         loss = mse + beta * l_grad
     else:

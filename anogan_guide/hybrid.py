@@ -166,9 +166,8 @@ def candidate_combinations(val_table: Mapping[str, torch.Tensor], terms: Sequenc
                            ) -> dict[str, Combination]:
     """What `weighting="pseudo"` chooses from: each term alone, then the rules in RULES, all
     fitted on the validation normals."""
-    single = {f"{t} alone": Combination(tuple(terms), tuple(Standardizer.fit(val_table[u])
-                                                             for u in terms),
-                                        tuple(float(u == t) for u in terms))
+    scalers = tuple(Standardizer.fit(val_table[t]) for t in terms)
+    single = {f"{t} alone": Combination(tuple(terms), scalers, tuple(float(u == t) for u in terms))
               for t in terms}
     return single | {rule: fit_combination(val_table, terms, rule) for rule in RULES}
 
