@@ -7,23 +7,29 @@ Executed notebooks go to DIR/notebooks/, artifacts to DIR (passed to every noteb
 an optional `notebooks:` mapping of per-notebook values (`notebooks: {03_ganomaly: {epochs: 2}}`).
 `-p` values are parsed as YAML scalars (3 -> int, true -> bool, ../data -> str) and override both.
 
-    anogan-guide sweep [--dataset D] [--classes 0-9] [--seeds 0,1,2] [--methods ...] [--jobs N]
+    anogan-guide sweep [--dataset D] [--classes 0-9] [--seeds 0,1,2] [--methods ...]
+                       [--engine local [--jobs N] | --engine ray [--address ADDR]
+                        [--cpus-per-run N] [--gpus-per-run G]] [--keep-different]
                        [-p NAME VALUE ...] [-f PARAMS.yaml] --out DIR
 
 runs the same notebooks for every (class, seed) and writes DIR/results.csv and results.md
-(anogan_guide/sweep.py).
+(anogan_guide/sweep.py, anogan_guide/engines.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
-from .evaluate import metrics_table, read_metrics
-from .runs import REPO_ROOT, Run
+from .evaluate import metrics_table, read_metrics, record_parameters
+from .runs import REPO_ROOT, Run, quiet
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PATH_PARAMETERS = ("data_root",)  # made absolute: the kernel's cwd is not the caller's
@@ -58,9 +64,14 @@ def resolve_notebooks(names: list[str]) -> list[Path]:
 
 def declared_parameters(notebook: Path) -> dict[str, dict]:
     """The parameters a notebook's `parameters` cell declares (papermill.inspect_notebook)."""
+    return _inspect(str(notebook), Path(notebook).stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _inspect(notebook: str, mtime_ns: int) -> dict[str, dict]:
     import papermill
 
-    return papermill.inspect_notebook(str(notebook))
+    return papermill.inspect_notebook(notebook)
 
 
 def read_params_file(path: str | None) -> tuple[dict, dict]:
@@ -124,7 +135,9 @@ def plan_parameters(notebooks: list[Path], common: dict, per_notebook: dict,
 
 
 def execute(notebooks: list[Path], plans: list[dict], out: Path) -> None:
-    """Run each notebook with papermill; stop at the first failure with its notebook and cell."""
+    """Run each notebook with papermill; stop at the first failure with its notebook and cell.
+    Each notebook's resolved parameters are recorded in metrics.json once it has finished
+    (the sweep compares them with the ones it is asked for)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -134,14 +147,51 @@ def execute(notebooks: list[Path], plans: list[dict], out: Path) -> None:
         target = out / "notebooks" / nb.name
         print(f"[anogan-guide] {nb.name}  " + " ".join(f"{k}={v}" for k, v in params.items()
                                                         if k != "run_dir"), flush=True)
+        record_parameters(Run(out), nb.stem, None)
         try:
             papermill.execute_notebook(str(nb), str(target), parameters=params,
                                        kernel_name="python3", progress_bar=False,
-                                       cwd=str(out), log_output=False)
+                                       cwd=str(out), log_output=False,
+                                       kernel_manager_class=kernel_manager_class())
         except PapermillExecutionError as err:
             raise RunFailed(f"{nb.name} failed in cell [{err.exec_count}] "
                             f"({_first_line(target, err.exec_count)}): {err.ename}: "
                             f"{err.evalue}; executed copy: {target}") from None
+        record_parameters(Run(out), nb.stem, params)
+
+
+@lru_cache(maxsize=1)
+def kernel_manager_class() -> type:
+    """The kernels `run` starts: reached over Unix sockets in a private folder instead of TCP
+    ports (nothing to eavesdrop on, so no 'Kernel is running over TCP without encryption'
+    warning, and no port races between parallel runs). Unless ANOGAN_GUIDE_QUIET=1, their
+    progress bars (runs.progress) are drawn on this terminal: the kernel keeps its stderr
+    (capture_fd_output off) and ANOGAN_GUIDE_PROGRESS=terminal tells the bars to use it."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class GuideKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _ip_default(self) -> str:  # the socket files' prefix, in a folder only we can use
+            return str(Path(tempfile.mkdtemp(prefix="anogan-guide-kernel-")) / "kernel")
+
+        async def start_kernel(self, **kw):
+            if not quiet():
+                kw["env"] = {**kw.get("env", os.environ), "ANOGAN_GUIDE_PROGRESS": "terminal"}
+                kw["extra_arguments"] = [*kw.get("extra_arguments", []),
+                                         "--IPKernelApp.capture_fd_output=False"]
+            return await super().start_kernel(**kw)
+
+        async def cleanup_resources(self, restart: bool = False) -> None:
+            await super().cleanup_resources(restart=restart)
+            if not restart:
+                shutil.rmtree(Path(self.ip).parent, ignore_errors=True)
+
+    return GuideKernelManager
 
 
 def _first_line(notebook: Path, exec_count: int) -> str:
@@ -187,6 +237,10 @@ class RunFailed(RuntimeError):
     """A notebook raised; printed as one line, exit status 1."""
 
 
+class Interrupted(RuntimeError):
+    """Ctrl-C during a sweep, after its runs were stopped; one line, exit status 130."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     notebooks = resolve_notebooks(args.notebooks)
     common, per_notebook = read_params_file(args.params_file)
@@ -202,7 +256,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from . import sweep
+    from functools import partial
+
+    from . import engines, sweep
 
     try:
         classes = sweep.parse_list(args.classes, "class", integers=args.dataset != "folder")
@@ -210,8 +266,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         methods = sweep.parse_methods(args.methods)
     except sweep.SweepError as err:
         raise UsageError(str(err)) from None
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: give at least 1 run at a time")
+    out = Path(args.out).expanduser().resolve()
+    if args.engine == "local":
+        ray_only = [flag for flag, value in (("--address", args.address),
+                                              ("--cpus-per-run", args.cpus_per_run),
+                                              ("--gpus-per-run", args.gpus_per_run)) if value is not None]
+        if ray_only:
+            raise UsageError(f"{', '.join(ray_only)} only apply to --engine ray; the local engine "
+                             f"takes --jobs")
+        jobs = 1 if args.jobs is None else args.jobs
+        if jobs < 1:
+            raise UsageError(f"--jobs {jobs}: give at least 1 run at a time")
+        engine = partial(engines.run_local, jobs=jobs)
+    else:
+        if args.jobs is not None:
+            raise UsageError("--jobs only applies to --engine local; on Ray, --cpus-per-run and "
+                             "--gpus-per-run decide how many runs fit at once")
+        cpus = 1.0 if args.cpus_per_run is None else args.cpus_per_run
+        gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
+        if cpus <= 0 or gpus < 0:
+            raise UsageError(f"--cpus-per-run {cpus:g} --gpus-per-run {gpus:g}: give more than 0 "
+                             f"CPUs and at least 0 GPUs per run")
+        engine = partial(engines.run_ray, out=out, address=args.address, cpus_per_run=cpus,
+                         gpus_per_run=gpus)
     fixed = sorted({"dataset", "normal_class", "seed", "run_dir"} & {name for name, _ in args.p})
     if fixed:
         raise UsageError(f"-p {', '.join(fixed)}: the sweep sets these itself; use --dataset, "
@@ -220,19 +297,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     notebooks = resolve_notebooks(sweep.notebooks_for(methods))
     common, per_notebook = read_params_file(args.params_file)
     overrides = {name: yaml.safe_load(value) if value != "" else "" for name, value in args.p}
-    out = Path(args.out).expanduser().resolve()
     plan_parameters(notebooks, common, per_notebook, overrides, out)
-    declared = {nb.stem: set(declared_parameters(nb)) for nb in notebooks}
-    params_file = str(Path(args.params_file).resolve()) if args.params_file else None
+
+    def plan(run: sweep.SweepRun) -> dict[str, dict]:
+        own = {"dataset": run.dataset, "normal_class": run.normal_class, "seed": run.seed}
+        values = plan_parameters(notebooks, common, per_notebook, {**overrides, **own}, run.folder)
+        return {nb.stem: v for nb, v in zip(notebooks, values, strict=True)}
+
     out.mkdir(parents=True, exist_ok=True)
-    failures = sweep.sweep(args.dataset, classes, seeds, methods, out, jobs=args.jobs,
-                           overrides=dict(args.p), params_file=params_file, declared=declared)
-    sweep.write_results(args.dataset, classes, seeds, out)
+    try:
+        outcome = sweep.sweep(args.dataset, classes, seeds, methods, out, plan=plan,
+                              engine=engine, keep_different=args.keep_different)
+    except engines.EngineError as err:
+        raise UsageError(str(err)) from None
+    sweep.write_results(args.dataset, classes, seeds, out, flagged=outcome.kept_different)
     print(f"[anogan-guide] results: {out / 'results.csv'}, {out / 'results.md'}")
-    if failures:
-        raise RunFailed(f"sweep: {len(failures)} of {len(classes) * len(seeds)} runs failed "
-                        f"({', '.join(failures)}); see each run's sweep.log, fix and run the "
-                        f"same command again to resume")
+    total = len(classes) * len(seeds)
+    if outcome.interrupted:
+        todo = outcome.rerun + outcome.run
+        raise Interrupted(f"sweep interrupted: {outcome.finished} of the {todo} runs to do "
+                          f"finished and are kept, the others were stopped; run the same command "
+                          f"again to resume")
+    if outcome.failures:
+        raise RunFailed(f"sweep: {len(outcome.failures)} of {total} runs failed "
+                        f"({', '.join(outcome.failures)}); see each run's sweep.log, fix and run "
+                        f"the same command again to resume")
     return 0
 
 
@@ -252,8 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2 or 0-4")
     sw.add_argument("--methods", default="anogan,ganomaly,gradcon,hybrid",
                     help="comma-separated: anogan, ganomaly, gradcon, hybrid")
-    sw.add_argument("--jobs", type=int, default=1, help="runs at a time (one GPU each when "
-                    "there are several)")
+    sw.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="where the runs execute: this machine (default) or a Ray cluster")
+    sw.add_argument("--jobs", type=int, help="local engine: runs at a time (default 1; one GPU "
+                    "each when there are several)")
+    sw.add_argument("--address", help="ray engine: the cluster to join, e.g. auto or "
+                    "HOST:6379 (default: start a local Ray instance)")
+    sw.add_argument("--cpus-per-run", type=float, help="ray engine: CPUs per run (default 1; "
+                    "also its OMP_NUM_THREADS)")
+    sw.add_argument("--gpus-per-run", type=float, help="ray engine: GPUs per run (default 0)")
+    sw.add_argument("--keep-different", action="store_true", help="keep finished runs made "
+                    "with other parameters (flagged in results.md) instead of re-running them")
     sw.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a parameter for every notebook that declares it")
     sw.add_argument("-f", dest="params_file", metavar="PARAMS.yaml", help="parameters file")
@@ -272,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as err:
         print(f"anogan-guide: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:
+        print(f"anogan-guide: {err}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -135,9 +135,26 @@ def write_split_sizes(run: Run, split: OneClassSplit) -> dict:
               "n_test": c["n_test"]}
     old = read_metrics(run)
     same = all(old.get(k) == v for k, v in header.items())
-    data = {**header, "methods": old.get("methods", {}) if same else {}}
+    data = {**header, "methods": old.get("methods", {}) if same else {},
+            "parameters": old.get("parameters", {}) if same else {}}
     write_json(run.metrics_path, data)
     return data
+
+
+def record_parameters(run: Run, notebook: str, params: dict | None) -> None:
+    """Record in metrics.json the resolved parameters a notebook ran with (None: forget them, as
+    `anogan-guide run` does before running it, so that an entry the notebook leaves half-made
+    never carries parameters). Written atomically; without a metrics.json there is nothing
+    to describe, and nothing is written."""
+    data = read_metrics(run)
+    if not data or (params is None and notebook not in data.get("parameters", {})):
+        return
+    recorded = data.setdefault("parameters", {})
+    if params is None:
+        del recorded[notebook]
+    else:
+        recorded[notebook] = params
+    write_json(run.metrics_path, data)
 
 
 def record_method(run: Run, method: str, entry: dict, split: OneClassSplit | None = None) -> dict:

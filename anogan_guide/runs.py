@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -25,9 +26,15 @@ def quiet() -> bool:
 
 
 def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
-    """The one progress bar of the package (tqdm.auto: a widget in Jupyter, text elsewhere)."""
+    """The one progress bar of the package (tqdm.auto: a widget in Jupyter, text elsewhere). In a
+    kernel that `anogan-guide run` started, a text bar on the terminal the command runs in
+    (ANOGAN_GUIDE_PROGRESS=terminal; the kernel's own stderr is that terminal)."""
     kwargs.setdefault("disable", quiet())
     kwargs.setdefault("dynamic_ncols", True)
+    if os.environ.get("ANOGAN_GUIDE_PROGRESS") == "terminal":
+        from tqdm.std import tqdm as text_bar
+
+        return text_bar(iterable, file=sys.__stderr__, **kwargs)
     return tqdm(iterable, **kwargs)
 
 

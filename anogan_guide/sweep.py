@@ -1,31 +1,34 @@
 """`anogan-guide sweep`: the guidebook's notebooks over classes and seeds, then one results table.
 
     anogan-guide sweep --dataset mnist --classes 0-9 --seeds 0,1,2 \
-        --methods anogan,ganomaly,gradcon,hybrid --jobs N --out DIR [-p NAME VALUE ...] [-f P.yaml]
+        --methods anogan,ganomaly,gradcon,hybrid [--engine local --jobs N | --engine ray ...] \
+        --out DIR [-p NAME VALUE ...] [-f P.yaml] [--keep-different]
 
 Each (class, seed) is one run folder, DIR/<dataset>/class<c>_seed<s>/, filled by
-`anogan-guide run` in a subprocess (00_data_prep plus the notebooks of the chosen methods), N at a
-time; with several GPUs each job sees one (CUDA_VISIBLE_DEVICES). A run whose metrics.json already
-holds every chosen method is skipped, so an interrupted sweep continues where it stopped. The
-sweep reads back only metrics.json files: DIR/results.csv (one row per run and method) and
-DIR/results.md (mean ± std per method and class, beside the published figures).
+`anogan-guide run` in a subprocess (00_data_prep plus the notebooks of the chosen methods) on an
+engine (engines.py: this machine, or a Ray cluster). Each run records the resolved parameters of
+every notebook it ran (metrics.json's "parameters"); a method already there with the requested
+parameters is skipped, one made with others runs again (or, with --keep-different, is kept and
+flagged), so the same command resumes an interrupted sweep and a changed parameter re-runs what
+it changes. The sweep reads back only metrics.json files: DIR/results.csv (one row per run and
+method) and DIR/results.md (mean ± std per method and class, beside the published figures).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
+import json
 import sys
-import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from .engines import Outcome, Task, run_local
 from .evaluate import read_metrics
 from .runs import Run, atomic_path, progress
 
@@ -44,6 +47,9 @@ METHOD_ENTRIES: dict[str, tuple[str, ...]] = {
     "hybrid": ("hybrid",),
 }
 DATA_PREP = "00_data_prep"
+# recorded notebook parameters that say where, not how: a moved run folder or data folder does
+# not make a finished run stale
+RECORD_IGNORES = ("run_dir", "data_root")
 CSV_COLUMNS = ("dataset", "class", "seed", "method", "auroc", "auprc", "f1", "train_seconds",
                "score_seconds")
 
@@ -183,13 +189,41 @@ def plan_runs(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path) 
             for c in classes for s in seeds]
 
 
-def missing_methods(run: SweepRun, methods: Sequence[str]) -> list[str]:
-    """The chosen methods that this run's metrics.json does not hold yet (for this very split)."""
-    data = read_metrics(Run(run.folder))
-    same = (data.get("dataset") == run.dataset and str(data.get("normal_class")) ==
+def split_matches(run: SweepRun, data: dict) -> bool:
+    """Whether a metrics.json dict belongs to this run's (dataset, class, seed)."""
+    return (data.get("dataset") == run.dataset and str(data.get("normal_class")) ==
             str(run.normal_class) and data.get("seed") == run.seed)
-    done = set(data.get("methods", {})) if same else set()
-    return [m for m in methods if not done.intersection(METHOD_ENTRIES[m])]
+
+
+def comparable(params: dict) -> dict:
+    """Notebook parameters as recorded (JSON types), without the ones that say where rather than
+    how (RECORD_IGNORES)."""
+    return {k: v for k, v in json.loads(json.dumps(params)).items() if k not in RECORD_IGNORES}
+
+
+def method_status(data: dict, run: SweepRun, method: str, requested: dict[str, dict]) -> str:
+    """"missing" (no entry yet), "different" (made with other parameters than `requested`, the
+    resolved parameters per notebook, or with none recorded) or "same"."""
+    if not split_matches(run, data) or not set(data.get("methods", {})) & set(METHOD_ENTRIES[method]):
+        return "missing"
+    recorded = data.get("parameters", {})
+    for stem in (DATA_PREP, *METHOD_NOTEBOOKS[method]):
+        if stem not in recorded or comparable(recorded[stem]) != comparable(requested[stem]):
+            return "different"
+    return "same"
+
+
+def parameter_changes(data: dict, method: str, requested: dict[str, dict]) -> str:
+    """What differs between a method's recorded and requested parameters, for results.md."""
+    recorded = data.get("parameters", {})
+    changes = []
+    for stem in (DATA_PREP, *METHOD_NOTEBOOKS[method]):
+        if stem not in recorded:
+            return f"{stem}: no parameters recorded"
+        old, new = comparable(recorded[stem]), comparable(requested[stem])
+        changes += [f"{k} {old.get(k, 'default')} (requested {new.get(k, 'default')})"
+                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(dict.fromkeys(changes))
 
 
 def notebooks_for(methods: Sequence[str]) -> list[str]:
@@ -198,113 +232,86 @@ def notebooks_for(methods: Sequence[str]) -> list[str]:
     return sorted(names)
 
 
-def run_command(run: SweepRun, notebooks: Sequence[str], overrides: dict[str, str],
-                params_file: str | None) -> list[str]:
-    """The `anogan-guide run` command line of one run (the same interpreter as the sweep)."""
-    cmd = [sys.executable, "-m", "anogan_guide.cli", "run", *notebooks,
-           "-p", "dataset", run.dataset, "-p", "normal_class", str(run.normal_class),
-           "-p", "seed", str(run.seed)]
-    for name, value in overrides.items():
-        cmd += ["-p", name, value]
-    if params_file:
-        cmd += ["-f", params_file]
-    return cmd + ["--out", str(run.folder)]
+@dataclass
+class SweepOutcome:
+    """What a sweep did: runs skipped / re-run / run, the failures, the runs kept with other
+    parameters (--keep-different: {(class, seed, metrics entry): what differs})."""
+
+    skipped: int = 0
+    rerun: int = 0
+    run: int = 0
+    finished: int = 0  # of the runs that ran (failed or not)
+    failures: dict[str, str] = field(default_factory=dict)
+    kept_different: dict[tuple[str, int, str], str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def summary(self, total: int) -> str:
+        kept = len({(c, s) for c, s, _ in self.kept_different})
+        why = f"finished; {kept} with other parameters, kept" if kept else \
+            "finished with these parameters"
+        return (f"{total} runs: {self.skipped} skipped ({why}), {self.rerun} re-run (made with "
+                f"other parameters), {self.run} run")
 
 
-def gpu_count() -> int:
-    """CUDA devices visible to the sweep (0 without CUDA)."""
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # a broken CUDA set-up: run on what the notebooks' device parameter picks
-        return 0
-
-
-def _last_error_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("anogan-guide")]
-    return (errors or lines or ["no output"])[-1]
-
-
-def cpu_threads_per_job(jobs: int) -> int | None:
-    """CPU threads for each of `jobs` parallel runs: the cores shared out, so that parallel runs
-    do not oversubscribe the CPU (PyTorch's threads spin-wait, and two runs with a thread per
-    core each ran several times slower than one after the other). None for a single job or
-    when the user set OMP_NUM_THREADS."""
-    if jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
-        return None
-    return max(1, (os.cpu_count() or 1) // jobs)
-
-
-def execute_run(run: SweepRun, cmd: list[str], gpu: int | None, threads: int | None = None
-                ) -> str | None:
-    """Run one `anogan-guide run` subprocess (with `threads` CPU threads when given); its output
-    goes to <run>/sweep.log. Returns None on success, else one line saying what failed."""
-    run.folder.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, ANOGAN_GUIDE_QUIET="1")  # the sweep's own bar is the one to watch
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    log = run.folder / "sweep.log"
-    with open(log, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        result = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, text=True, env=env)
-        f.write(result.stderr)
-    if result.returncode == 0:
-        return None
-    return f"{_last_error_line(result.stderr)} (log: {log})"
+def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
+               plan: Callable[[SweepRun], dict[str, dict]], *, keep_different: bool = False
+               ) -> tuple[list[Task], SweepOutcome]:
+    """The task of each run that has work left, with its parameters file written. A chosen
+    method that is missing runs; one made with other parameters runs again (its entry replaced
+    when it finishes) unless `keep_different`, which keeps it and records it for results.md.
+    `plan` gives a run's resolved parameters per notebook."""
+    tasks, outcome = [], SweepOutcome()
+    for run in runs:
+        requested = plan(run)
+        data = read_metrics(Run(run.folder))
+        status = {m: method_status(data, run, m, requested) for m in methods}
+        todo = [m for m in methods if status[m] == "missing"
+                or (status[m] == "different" and not keep_different)]
+        for m in methods:
+            if status[m] == "different" and keep_different:
+                for entry in set(data["methods"]) & set(METHOD_ENTRIES[m]):
+                    outcome.kept_different[(str(run.normal_class), run.seed, entry)] = \
+                        parameter_changes(data, m, requested)
+        if not todo:
+            outcome.skipped += 1
+            continue
+        if any(status[m] == "different" for m in todo):
+            outcome.rerun += 1
+        else:
+            outcome.run += 1
+        notebooks = notebooks_for(todo)
+        params_file = run.folder / "sweep-parameters.yaml"
+        with atomic_path(params_file) as tmp:
+            tmp.write_text(yaml.safe_dump({"notebooks": {nb: requested[nb] for nb in notebooks}},
+                                          sort_keys=False))
+        tasks.append(Task(run.name, run.folder, (*notebooks, "-f", str(params_file),
+                                                 "--out", str(run.folder))))
+    return tasks, outcome
 
 
 def sweep(dataset: str, classes: Sequence, seeds: Sequence[int], methods: Sequence[str], out: Path,
-          *, jobs: int = 1, overrides: dict[str, str] | None = None,
-          params_file: str | None = None, declared: dict[str, set[str]] | None = None,
-          echo=print) -> dict[str, str]:
-    """Run every (class, seed) not finished yet, `jobs` at a time; returns {run name: error}
-    for the runs that failed (the others go on). `declared` maps a notebook to its parameter
-    names, so that each run gets only the -p values its notebooks declare."""
-    overrides = overrides or {}
+          *, plan: Callable[[SweepRun], dict[str, dict]],
+          engine: Callable[[Sequence[Task]], Iterator[Outcome]] = run_local,
+          keep_different: bool = False, echo=print) -> SweepOutcome:
+    """Run every (class, seed) whose chosen methods are missing or were made with other
+    parameters, on `engine` (engines.run_local or a bound engines.run_ray). A failing run is
+    reported in one line and the others go on; Ctrl-C stops the engine's runs and returns
+    (outcome.interrupted) with the finished ones intact."""
     runs = plan_runs(dataset, classes, seeds, out)
-    todo = [(r, missing) for r in runs if (missing := missing_methods(r, methods))]
-    if len(todo) < len(runs):
-        echo(f"sweep: {len(runs) - len(todo)} of {len(runs)} runs already hold "
-             f"{', '.join(methods)}; skipped")
-    gpus = gpu_count()
-    slots: list[int | None] = [i % gpus if gpus else None for i in range(max(1, jobs))]
-    free = list(range(len(slots)))
-    threads = cpu_threads_per_job(jobs)
-    lock = threading.Lock()
-    failures: dict[str, str] = {}
-
-    def one(run: SweepRun, missing: list[str]) -> str | None:
-        notebooks = notebooks_for(missing)
-        names = set().union(*(declared.get(nb, set()) for nb in notebooks)) if declared else None
-        mine = {k: v for k, v in overrides.items() if names is None or k in names}
-        with lock:
-            slot = free.pop()
+    tasks, outcome = plan_tasks(runs, methods, plan, keep_different=keep_different)
+    echo(f"sweep: {outcome.summary(len(runs))}")
+    bar = progress(total=len(runs), initial=len(runs) - len(tasks), desc="sweep", unit="run")
+    with bar, closing(engine(tasks)) as results:
         try:
-            return execute_run(run, run_command(run, notebooks, mine, params_file), slots[slot],
-                               None if gpus else threads)
-        finally:
-            with lock:
-                free.append(slot)
-
-    bar = progress(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run")
-    with bar, ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {pool.submit(one, run, missing): run for run, missing in todo}
-        for future in as_completed(futures):
-            run = futures[future]
-            try:
-                error = future.result()
-            except Exception as err:  # could not even start the subprocess
-                error = f"{type(err).__name__}: {err}"
-            if error:
-                failures[run.name] = error
-                bar.write(f"sweep: {dataset} {run.name} failed: {error}", file=sys.stderr)
-            bar.update(1)
-    return failures
+            for task, error in results:
+                if error:
+                    outcome.failures[task.name] = error
+                    bar.write(f"sweep: {dataset} {task.name} failed: {error}", file=sys.stderr)
+                outcome.finished += 1
+                bar.update(1)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,9 +356,12 @@ def published_for(dataset: str) -> list[dict]:
 
 
 def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: Sequence[int],
-                     *, title: str = "") -> str:
+                     *, title: str = "", flagged: dict[tuple[str, int, str], str] | None = None
+                     ) -> str:
     """results.md: per metric a table of mean ± std over seeds per class and method, the mean over
-    classes (± std across the class means), and the published figures for the dataset."""
+    classes (± std across the class means), and the published figures for the dataset. `flagged`
+    ({(class, seed, method): what differs}) marks figures kept with other parameters (†)."""
+    flagged = flagged or {}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     source = published_source(dataset, classes)
     published = published_for(source) if source else []
@@ -374,7 +384,8 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
             cells = []
             for m in methods:
                 vals = [r[metric] for r in rows if r["method"] == m and str(r["class"]) == str(c)]
-                cells.append(_mean_std(vals))
+                mark = any((str(c), s, m) in flagged for s in seeds)
+                cells.append(_mean_std(vals) + (" †" if mark else ""))
                 if vals:
                     class_means[m].append(float(np.mean(vals)))
             for p in pub:
@@ -393,6 +404,11 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
         return out
 
     lines += ["## AUROC", ""] + table("auroc", True) + [""]
+    if flagged:
+        lines += ["† Kept with --keep-different: made with other parameters than this sweep "
+                  "asked for:", ""]
+        lines += [f"* class {c} seed {s}, {m}: {why}" for (c, s, m), why in sorted(flagged.items())]
+        lines += [""]
     if published:
         if source != dataset:
             name = DATASET_NAMES.get(source, source)
@@ -417,10 +433,11 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
     return "\n".join(lines) + "\n"
 
 
-def write_results(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path) -> list[dict]:
+def write_results(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path, *,
+                  flagged: dict[tuple[str, int, str], str] | None = None) -> list[dict]:
     """Write DIR/results.csv and DIR/results.md from the run folders; returns the rows."""
     rows = collect(dataset, classes, seeds, out)
     write_csv(rows, out / "results.csv")
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(results_markdown(rows, dataset, classes, seeds))
+        tmp.write_text(results_markdown(rows, dataset, classes, seeds, flagged=flagged))
     return rows

@@ -5,11 +5,13 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+import yaml
 
-from anogan_guide import cli, evaluate, sweep
+from anogan_guide import cli, engines, evaluate, sweep
 from anogan_guide.runs import Run, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,39 +51,105 @@ def _fake_metrics(folder: Path, dataset, c, seed, methods: dict):
                                          "methods": entries})
 
 
-def test_finished_runs_are_skipped_and_partial_ones_run_only_what_is_missing(tmp_path,
-                                                                            monkeypatch):
-    out = tmp_path / "sw"
+def _plan(overrides=None):
+    """A stand-in for the CLI's resolved parameters: every notebook gets the run's own values."""
+    def plan(run):
+        own = {"dataset": run.dataset, "normal_class": run.normal_class, "seed": run.seed,
+               "run_dir": str(run.folder), **(overrides or {})}
+        return {nb: dict(own) for nb in ("00_data_prep", *sum(sweep.METHOD_NOTEBOOKS.values(), ()))}
+    return plan
+
+
+def _record(folder: Path, plan, run, notebooks):
+    data = evaluate.read_metrics(Run(folder))
+    data["parameters"] = {nb: plan(run)[nb] for nb in notebooks}
+    write_json(folder / "metrics.json", data)
+
+
+def _recording_engine(calls):
+    def engine(tasks):
+        for task in tasks:
+            calls.append(task)
+            yield task, None
+    return engine
+
+
+def test_finished_runs_are_skipped_and_partial_ones_run_only_what_is_missing(tmp_path):
+    out, plan = tmp_path / "sw", _plan()
     runs = sweep.plan_runs("digits", [0, 1, 2], [0], out)
     _fake_metrics(runs[0].folder, "digits", 0, 0, {"gradcon": 0.9, "anogan-wgangp": 0.8})
+    _record(runs[0].folder, plan, runs[0], ["00_data_prep", "01_dcgan_training",
+                                            "02_latent_mapping", "04_gradcon"])
     _fake_metrics(runs[1].folder, "digits", 1, 0, {"gradcon": 0.9})
+    _record(runs[1].folder, plan, runs[1], ["00_data_prep", "04_gradcon"])
     _fake_metrics(runs[2].folder, "digits", 2, 1, {"gradcon": 0.9, "anogan": 0.8})  # other seed
-    assert sweep.missing_methods(runs[0], ["anogan", "gradcon"]) == []
-    assert sweep.missing_methods(runs[1], ["anogan", "gradcon"]) == ["anogan"]
-    assert sweep.missing_methods(runs[2], ["anogan", "gradcon"]) == ["anogan", "gradcon"]
+    status = {i: {m: sweep.method_status(evaluate.read_metrics(Run(r.folder)), r, m, plan(r))
+                  for m in ("anogan", "gradcon")} for i, r in enumerate(runs)}
+    assert status == {0: {"anogan": "same", "gradcon": "same"},
+                      1: {"anogan": "missing", "gradcon": "same"},
+                      2: {"anogan": "missing", "gradcon": "missing"}}
+    calls, messages = [], []
+    outcome = sweep.sweep("digits", [0, 1, 2], [0], ["anogan", "gradcon"], out, plan=plan,
+                          engine=_recording_engine(calls), echo=messages.append)
+    assert outcome.failures == {} and (outcome.skipped, outcome.rerun, outcome.run) == (1, 0, 2)
+    assert messages == ["sweep: 3 runs: 1 skipped (finished with these parameters), 0 re-run "
+                        "(made with other parameters), 2 run"]
+    by_name = {task.name: task for task in calls}
+    assert set(by_name) == {"class 1 seed 0", "class 2 seed 0"}
+    assert by_name["class 1 seed 0"].args[:3] == ("00_data_prep", "01_dcgan_training",
+                                                  "02_latent_mapping")
+    assert "04_gradcon" in by_name["class 2 seed 0"].args
+    # the run's subprocess gets exactly the planned parameters of the notebooks it runs
+    written = yaml.safe_load((runs[1].folder / "sweep-parameters.yaml").read_text())
+    assert written == {"notebooks": {nb: plan(runs[1])[nb] for nb in
+                                     ("00_data_prep", "01_dcgan_training", "02_latent_mapping")}}
+
+
+def test_changed_parameters_rerun_what_they_change_or_are_kept_and_flagged(tmp_path):
+    out, old = tmp_path / "sw", _plan({"epochs": 2})
+    runs = sweep.plan_runs("digits", [0, 1], [0], out)
+    for run in runs:
+        _fake_metrics(run.folder, "digits", run.normal_class, 0, {"gradcon": 0.9, "ganomaly": 0.8})
+        _record(run.folder, old, run, ["00_data_prep", "03_ganomaly", "04_gradcon"])
+    _record(runs[1].folder, old, runs[1], ["00_data_prep", "03_ganomaly"])  # 04 never recorded
+
+    def new(run):  # only GradCon's epochs change
+        planned = old(run)
+        planned["04_gradcon"]["epochs"] = 3
+        return planned
+
     calls = []
-    monkeypatch.setattr(sweep, "execute_run", lambda run, cmd, gpu, threads=None: calls.append(cmd) or None)
-    messages = []
-    failures = sweep.sweep("digits", [0, 1, 2], [0], ["anogan", "gradcon"], out,
-                           overrides={"epochs": "2", "iterations": "5"},
-                           declared={"00_data_prep": {"seed"}, "01_dcgan_training": {"epochs"},
-                                     "02_latent_mapping": {"iterations"},
-                                     "04_gradcon": {"epochs"}}, echo=messages.append)
-    assert failures == {} and len(calls) == 2
-    assert messages == ["sweep: 1 of 3 runs already hold anogan, gradcon; skipped"]
-    by_class = {cmd[cmd.index("normal_class") + 1]: cmd for cmd in calls}
-    assert set(by_class) == {"1", "2"}
-    notebooks = by_class["1"][4:by_class["1"].index("-p")]
-    assert notebooks == ["00_data_prep", "01_dcgan_training", "02_latent_mapping"]
-    assert "iterations" in by_class["1"] and "04_gradcon" in by_class["2"]
+    outcome = sweep.sweep("digits", [0, 1], [0], ["ganomaly", "gradcon"], out, plan=new,
+                          engine=_recording_engine(calls), echo=lambda m: None)
+    assert (outcome.skipped, outcome.rerun, outcome.run) == (0, 2, 0)
+    assert [task.args[:2] for task in calls] == [("00_data_prep", "04_gradcon")] * 2
+    # the same call with the unchanged parameters skips everything
+    assert sweep.sweep("digits", [0, 1], [0], ["ganomaly"], out, plan=new,
+                       engine=_recording_engine([]), echo=lambda m: None).skipped == 2
+    # a moved run folder or data folder is the same run
+    moved = _plan({"epochs": 2, "data_root": "/elsewhere"})
+    assert sweep.method_status(evaluate.read_metrics(Run(runs[0].folder)), runs[0], "ganomaly",
+                               {k: {**v, "run_dir": "/x"} for k, v in moved(runs[0]).items()}
+                               ) == "same"
+    kept = sweep.sweep("digits", [0, 1], [0], ["ganomaly", "gradcon"], out, plan=new,
+                       engine=_recording_engine(calls := []), keep_different=True,
+                       echo=lambda m: None)
+    assert calls == [] and kept.skipped == 2
+    assert kept.kept_different == {("0", 0, "gradcon"): "epochs 2 (requested 3)",
+                                   ("1", 0, "gradcon"): "04_gradcon: no parameters recorded"}
+    sweep.write_results("digits", [0, 1], [0], out, flagged=kept.kept_different)
+    md = (out / "results.md").read_text()
+    assert "| 0 | 0.900 † | 0.800 |" in md
+    assert "* class 0 seed 0, gradcon: epochs 2 (requested 3)" in md
 
 
 def test_one_gpu_per_job_and_failures_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "gpu_count", lambda: 2)
+    monkeypatch.setattr(engines, "gpu_count", lambda: 2)
     busy, seen, lock = set(), [], threading.Lock()
 
-    def fake(run, cmd, gpu, threads=None):
-        assert threads is None  # GPU jobs keep the default CPU threads
+    def fake(task, env):
+        gpu = env.get("CUDA_VISIBLE_DEVICES")
+        assert "OMP_NUM_THREADS" not in env  # GPU jobs keep the default CPU threads
         with lock:
             assert gpu not in busy, "two jobs on one GPU"
             busy.add(gpu)
@@ -89,28 +157,31 @@ def test_one_gpu_per_job_and_failures_reported(tmp_path, monkeypatch):
         time.sleep(0.05)
         with lock:
             busy.discard(gpu)
-        return "boom (log: x)" if run.normal_class == 3 else None
+        return "boom (log: x)" if "class 3" in task.name else None
 
-    monkeypatch.setattr(sweep, "execute_run", fake)
-    failures = sweep.sweep("digits", [0, 1, 2, 3], [0, 1], ["gradcon"], tmp_path, jobs=2,
-                           echo=lambda m: None)
-    assert sorted(set(seen)) == [0, 1] and len(seen) == 8
-    assert failures == {"class 3 seed 0": "boom (log: x)", "class 3 seed 1": "boom (log: x)"}
+    monkeypatch.setattr(engines, "execute_run", fake)
+    outcome = sweep.sweep("digits", [0, 1, 2, 3], [0, 1], ["gradcon"], tmp_path, plan=_plan(),
+                          engine=partial(engines.run_local, jobs=2), echo=lambda m: None)
+    assert sorted(set(seen)) == ["0", "1"] and len(seen) == 8
+    assert outcome.failures == {"class 3 seed 0": "boom (log: x)",
+                                "class 3 seed 1": "boom (log: x)"}
 
 
 def test_parallel_cpu_jobs_share_the_cores(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "gpu_count", lambda: 0)
+    monkeypatch.setattr(engines, "gpu_count", lambda: 0)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 8)
-    assert sweep.cpu_threads_per_job(1) is None
-    assert sweep.cpu_threads_per_job(3) == 2 and sweep.cpu_threads_per_job(16) == 1
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 8)
+    assert engines.cpu_threads_per_job(1) is None
+    assert engines.cpu_threads_per_job(3) == 2 and engines.cpu_threads_per_job(16) == 1
     seen = []
-    monkeypatch.setattr(sweep, "execute_run",
-                        lambda run, cmd, gpu, threads=None: seen.append((gpu, threads)))
-    sweep.sweep("digits", [0, 1], [0], ["gradcon"], tmp_path, jobs=4, echo=lambda m: None)
-    assert seen == [(None, 2), (None, 2)]
+    monkeypatch.setattr(engines, "execute_run",
+                        lambda task, env: seen.append((env.get("CUDA_VISIBLE_DEVICES"),
+                                                       env.get("OMP_NUM_THREADS"))))
+    sweep.sweep("digits", [0, 1], [0], ["gradcon"], tmp_path, plan=_plan(),
+                engine=partial(engines.run_local, jobs=4), echo=lambda m: None)
+    assert seen == [(None, "2"), (None, "2")]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
-    assert sweep.cpu_threads_per_job(4) is None
+    assert engines.cpu_threads_per_job(4) is None
 
 
 def test_results_files_with_published_figures(tmp_path):
@@ -139,6 +210,9 @@ def test_sweep_usage_errors_are_one_line(tmp_path):
     for args, expected in ((["-p", "normal_class", "3"], "the sweep sets these itself"),
                            (["--methods", "gradcon,svdd"], "unknown method svdd"),
                            (["--jobs", "0"], "give at least 1"),
+                           (["--cpus-per-run", "2"], "only apply to --engine ray"),
+                           (["--engine", "ray", "--jobs", "2"], "only applies to --engine local"),
+                           (["--engine", "ray", "--cpus-per-run", "0"], "more than 0 CPUs"),
                            (["-p", "epochz", "3"], "unknown parameter epochz")):
         result = _sweep("--classes", "0", "--methods", "gradcon", *args, "--out",
                         str(tmp_path / "sw"))
@@ -170,7 +244,7 @@ def test_small_sweep_writes_results_and_a_second_call_skips(tmp_path):
     stamps = [p.stat().st_mtime_ns for p in metrics]
     second = _sweep(*args)
     assert second.returncode == 0, second.stderr
-    assert "2 of 2 runs already hold" in second.stdout + second.stderr
+    assert "2 runs: 2 skipped" in second.stdout + second.stderr
     assert stamps == [p.stat().st_mtime_ns for p in metrics]  # nothing ran again
     assert evaluate.read_metrics(Run(metrics[0].parent))["normal_class"] == 0
 
