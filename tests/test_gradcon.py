@@ -41,6 +41,26 @@ def test_parameter_count_and_gradient_layers():
         assert GradConAE(size)(torch.rand(2, 1, size, size)).shape == (2, 1, size, size)
 
 
+@pytest.mark.parametrize("size", [28, 32])
+def test_colour_images_at_cifars_sizes(size):
+    """RGB at CIFAR-10's native 32x32 and at 28x28 (GradCon's paper resized CIFAR to it): the
+    autoencoder mirrors the input shape, trains, and batched scores equal one-at-a-time ones."""
+    torch.manual_seed(0)
+    model = GradConAE(image_size=size, channels=3)
+    x = torch.rand(48, 3, size, size)
+    assert model(x[:2]).shape == (2, 3, size, size)
+    params = dict(model.named_parameters())
+    assert params[model.gradient_layers()[-1]].shape == (32, 3, 4, 4)  # last layer: 3 channels
+    # two more input channels in the first conv and output channels in the last (and 2 biases)
+    assert gc.count_parameters(model) == 230_721 + 2 * (2 * 32 * 4 * 4) + 2 == 232_771
+    ref = _trained_reference(model, x)
+    model.eval()
+    one = gradcon_scores(model, ref, x[:20], batch_size=1)
+    batched = gradcon_scores(model, ref, x[:20], batch_size=256)
+    assert torch.isfinite(one).all()
+    assert (batched - one).abs().max() <= 1e-5 * one.abs().max()
+
+
 def test_batched_scores_equal_one_backward_per_image(model_and_data):
     model, ref, x = model_and_data
     one = gradcon_scores(model, ref, x, batch_size=1)
