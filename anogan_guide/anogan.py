@@ -290,6 +290,11 @@ class LatentMap:
         return {"residual": self.residual, "discrimination": self.discrimination,
                 "score": self.score}
 
+    def subset(self, index) -> LatentMap:
+        """The rows of some of the images (e.g. the test sample another mapping scored)."""
+        return LatentMap(self.z[index], self.score[index], self.residual[index],
+                         self.discrimination[index], self.lam)
+
 
 def combine(residual: torch.Tensor, discrimination: torch.Tensor, lam: float) -> torch.Tensor:
     """The AnoGAN score from its two parts: (1 - lam) * residual + lam * discrimination."""

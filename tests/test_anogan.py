@@ -77,6 +77,11 @@ def test_batched_mapping_equals_one_image_at_a_time():
         assert torch.allclose(big.z, other.z, atol=1e-4)
     assert big.z.shape == (12, 100) and big.score.shape == (12,)
     assert big.residual.shape == big.discrimination.shape == (12,)
+    # the rows of a sample (02 compares the encoder, which scores every test image, with the
+    # search on its sample)
+    part = big.subset(torch.tensor([7, 2]))
+    assert torch.equal(part.z, big.z[[7, 2]]) and torch.equal(part.score, big.score[[7, 2]])
+    assert part.table().keys() == big.table().keys() and part.lam == big.lam
 
 
 def test_mapping_matches_the_textbook_loop():
