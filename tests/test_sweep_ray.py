@@ -1,0 +1,213 @@
+"""`anogan-guide sweep --engine ray` on a real two-node Ray cluster started on this machine,
+against `--engine local`; resuming after Ctrl-C; re-running what a changed parameter changes."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from anogan_guide import engines
+
+pytest.importorskip("ray", reason="--engine ray needs Ray (pinned in pyproject.toml)")
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CI = str(REPO / "params" / "ci.yaml")
+RAY = str(Path(sys.executable).with_name("ray"))
+TINY = ["--dataset", "digits", "-f", CI]
+
+
+def _sweep(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "anogan_guide.cli", "sweep", *args],
+                          capture_output=True, text=True, timeout=900, cwd=REPO, **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:  # the kernel's ephemeral range, above Ray's worker ports
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line holds `text`, and all their descendants."""
+    parents, found = {}, set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents[int(entry.name)] = ppid
+        if text in cmdline:
+            found.add(int(entry.name))
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found - {os.getpid()})
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _processes_mentioning(temp_dir):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray head and a second node joining it, one CPU each, in their own temporary folder
+    (short: Ray's socket paths must fit in 107 characters); stopped whatever happens."""
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                        f"--temp-dir={temp_dir}", "--num-cpus=1", "--num-gpus=0",
+                        "--include-dashboard=false", "--disable-usage-stats"],
+                       check=True, capture_output=True, timeout=120, env=env)
+        subprocess.run([RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
+                        "--num-cpus=1", "--num-gpus=0"],
+                       check=True, capture_output=True, timeout=120, env=env)
+        yield address
+    finally:
+        _stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _table(out: Path) -> dict:
+    with open(out / "results.csv") as f:
+        return {(r["class"], r["method"]): (r["auroc"], r["auprc"], r["f1"])
+                for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "sw"
+    result = _sweep(*TINY, "--classes", "0,1", "--methods", "ganomaly,gradcon",
+                    "--engine", "local", "--jobs", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_ray_cluster_gives_the_local_engines_results(cluster, local_sweep, tmp_path):
+    out = tmp_path / "sw"
+    result = _sweep(*TINY, "--classes", "0,1", "--methods", "ganomaly,gradcon",
+                    "--engine", "ray", "--address", cluster, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "2 runs: 0 skipped" in result.stdout
+    ray_table, local_table = _table(out), _table(local_sweep)
+    assert set(ray_table) == {(c, m) for c in "01" for m in ("ganomaly", "gradcon")}
+    assert ray_table == local_table
+    assert "Kernel is running over TCP" not in result.stdout + result.stderr
+    assert not list(out.glob(".anogan-guide-storage-*"))  # the storage check cleans up
+
+
+def _finished(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "gradcon" in data.get("methods", {}) and "04_gradcon" in data.get("parameters", {})
+
+
+def test_interrupted_ray_sweep_resumes_with_only_the_missing_runs(cluster, tmp_path):
+    out = tmp_path / "sw"
+    args = [*TINY, "--classes", "0-2", "--methods", "gradcon", "--engine", "ray",
+            "--address", cluster, "--out", str(out)]
+    folders = [out / "digits" / f"class{c}_seed0" for c in range(3)]
+    sweep = subprocess.Popen([sys.executable, "-m", "anogan_guide.cli", "sweep", *args],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(_finished(f) for f in folders):
+            assert sweep.poll() is None and time.monotonic() < deadline, "no run finished"
+            time.sleep(0.5)
+        sweep.send_signal(signal.SIGINT)  # Ctrl-C
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 130, stderr
+    assert "sweep interrupted" in stderr and "run the same command again" in stderr
+    assert _processes_mentioning(str(out)) == []  # the cancelled runs stopped their processes
+    done = [f for f in folders if _finished(f)]
+    stamps = {f: (f / "metrics.json").stat().st_mtime_ns for f in done}
+    again = _sweep(*args)
+    assert again.returncode == 0, again.stderr
+    assert (f"3 runs: {len(done)} skipped (finished with these parameters), 0 re-run "
+            f"(made with other parameters), {3 - len(done)} run") in again.stdout
+    assert all(_finished(f) for f in folders)
+    assert stamps == {f: (f / "metrics.json").stat().st_mtime_ns for f in done}
+
+
+def test_a_changed_parameter_reruns_only_what_it_changes(local_sweep, tmp_path):
+    scores = {m: [local_sweep / "digits" / f"class{c}_seed0" / "scores" / f"{m}.npz"
+                  for c in (0, 1)] for m in ("ganomaly", "gradcon")}
+    before = {m: [p.stat().st_mtime_ns for p in paths] for m, paths in scores.items()}
+    changed = tmp_path / "ci-gradcon-3.yaml"
+    changed.write_text(Path(CI).read_text().replace("04_gradcon: {epochs: 2}",
+                                                    "04_gradcon: {epochs: 3}"))
+    assert changed.read_text() != Path(CI).read_text()
+    args = ["--dataset", "digits", "-f", str(changed), "--classes", "0,1",
+            "--methods", "ganomaly,gradcon", "--jobs", "2", "--out", str(local_sweep)]
+    result = _sweep(*args)
+    assert result.returncode == 0, result.stderr
+    assert "2 runs: 0 skipped (finished with these parameters), 2 re-run" in result.stdout
+    after = {m: [p.stat().st_mtime_ns for p in paths] for m, paths in scores.items()}
+    assert after["ganomaly"] == before["ganomaly"]  # GANomaly's results were kept
+    assert all(a != b for a, b in zip(after["gradcon"], before["gradcon"], strict=True))
+    for c in (0, 1):
+        data = json.loads((local_sweep / "digits" / f"class{c}_seed0" / "metrics.json").read_text())
+        assert data["parameters"]["04_gradcon"]["epochs"] == 3
+        assert data["parameters"]["03_ganomaly"]["epochs"] == 2
+    assert "2 runs: 2 skipped" in _sweep(*args).stdout
+
+
+def test_a_folder_some_node_cannot_see_is_named_in_one_line(tmp_path, monkeypatch):
+    """check_shared_storage with a stand-in for Ray whose second node has its own /tmp."""
+    N2 = "2" * 56  # Ray's node ids: 28 bytes in hex
+
+    class Remote:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def options(self, **kw):
+            self.node = kw["scheduling_strategy"].node_id
+            return self
+
+        def remote(self, marker, token, node_id):
+            if self.node == N2:  # that node's file system does not hold the driver's folder
+                marker = str(tmp_path / "elsewhere" / Path(marker).name)
+            return self.fn(marker, token, node_id)
+
+    class FakeRay:
+        remote = Remote
+
+        @staticmethod
+        def get(value, timeout=None):
+            return value
+
+    nodes = [{"NodeID": "1" * 56, "NodeManagerAddress": "10.0.0.1"},
+             {"NodeID": N2, "NodeManagerAddress": "10.0.0.2"}]
+    engines.check_shared_storage(FakeRay, tmp_path, nodes[:1])  # one node sees it: fine
+    with pytest.raises(engines.EngineError, match=r"not storage every node sees: node "
+                                                  r"10\.0\.0\.2 \(FileNotFoundError"):
+        engines.check_shared_storage(FakeRay, tmp_path, nodes)
+    assert not list(tmp_path.glob(".anogan-guide-storage-*"))
