@@ -69,3 +69,35 @@ def test_data_prep_same_split_twice_other_with_another_seed(tmp_path):
     assert (tmp_path / "a" / "notebooks" / "00_data_prep.ipynb").is_file()
     for folder in ("model_saves", "train_img", "test_imgs"):
         assert (tmp_path / "a" / folder).is_dir()
+    # the resolved parameters are recorded (the sweep compares them); no kernel transport warning
+    assert metrics["parameters"] == {"00_data_prep": {
+        "dataset": "digits", "normal_class": 3, "seed": 0, "run_dir": str(tmp_path / "a")}}
+    assert "Kernel is running over TCP" not in result.stdout + result.stderr
+
+
+def _progress_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("run_dir: str = ''  # the run folder",
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("from anogan_guide.runs import progress\n"
+                                          "for _ in progress(range(3), desc='long step'):\n"
+                                          "    pass\nprint('done')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_progress_bars_reach_the_terminal_unless_quiet(tmp_path, monkeypatch):
+    notebook = _progress_notebook(tmp_path / "90_progress.ipynb")
+    monkeypatch.delenv("ANOGAN_GUIDE_QUIET", raising=False)
+    loud = _run(str(notebook), "--out", str(tmp_path / "r"))
+    assert loud.returncode == 0, loud.stderr
+    assert "long step: 100%" in loud.stderr and "3/3" in loud.stderr
+    assert "Kernel is running over TCP" not in loud.stdout + loud.stderr
+    executed = nbformat.read(tmp_path / "r" / "notebooks" / notebook.name, as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "done\n"  # the notebook keeps its outputs
+    monkeypatch.setenv("ANOGAN_GUIDE_QUIET", "1")
+    quiet = _run(str(notebook), "--out", str(tmp_path / "r"))
+    assert quiet.returncode == 0 and "long step" not in quiet.stdout + quiet.stderr
+    assert quiet.stdout.startswith("[anogan-guide] 90_progress.ipynb")  # its one-line header
