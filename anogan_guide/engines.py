@@ -209,8 +209,23 @@ def check_shared_storage(ray, out: Path, nodes: list[dict]) -> None:
             path.unlink(missing_ok=True)
 
 
-def _connect(ray, address: str | None) -> None:
-    options = {"logging_level": logging.WARNING, "log_to_driver": False}
+def _connect(address: str | None):
+    """Import Ray and join the cluster at `address` (None: start a local instance)."""
+    token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+        (Path.home() / ".ray" / "auth_token").is_file()
+    if address and token and "RAY_AUTH_MODE" not in os.environ:
+        # `ray start` turns token authentication on when it finds a token (Ray makes one the
+        # first time it starts a local instance), but a driver given HOST:PORT does not: send the
+        # token (a cluster without authentication accepts it too). Ray reads this on import.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        import ray
+    except ImportError:
+        raise EngineError("--engine ray needs Ray: pip install ray==2.60.0 (the README's "
+                          "set-up installs it), or use --engine local") from None
+    # Ray's own notices (a local instance starting, token authentication) would bury the sweep's
+    # lines; the runs' output is in their sweep.log anyway
+    options = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address:
             ray.init(address=address, **options)
@@ -221,6 +236,7 @@ def _connect(ray, address: str | None) -> None:
         raise EngineError(f"no Ray cluster at --address {address} ({first}); start one with "
                           f"`ray start --head`, or leave out --address for a local "
                           f"instance") from None
+    return ray
 
 
 def run_ray(tasks: Sequence[Task], *, out: Path, address: str | None = None,
@@ -228,12 +244,7 @@ def run_ray(tasks: Sequence[Task], *, out: Path, address: str | None = None,
     """Every task as one Ray task (cpus_per_run CPUs, gpus_per_run GPUs) on the cluster at
     `address` (None: a local instance). Yields (task, error or None) as runs finish; closed
     early (Ctrl-C), it cancels the outstanding tasks, whose runs stop their processes."""
-    try:
-        import ray
-    except ImportError:
-        raise EngineError("--engine ray needs Ray: pip install ray==2.60.0 (the README's "
-                          "set-up installs it), or use --engine local") from None
-    _connect(ray, address)
+    ray = _connect(address)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         fits = [n for n in nodes if n["Resources"].get("CPU", 0) >= cpus_per_run

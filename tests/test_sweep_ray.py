@@ -4,6 +4,7 @@ against `--engine local`; resuming after Ctrl-C; re-running what a changed param
 import csv
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -76,7 +77,13 @@ def cluster():
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    token = Path(temp_dir) / "auth_token"  # Ray's token authentication, with a token of its own
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **auth)
+    patch = pytest.MonkeyPatch()
+    for name, value in auth.items():  # for the sweeps, which join this cluster
+        patch.setenv(name, value)
     try:
         subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                         f"--temp-dir={temp_dir}", "--num-cpus=1", "--num-gpus=0",
@@ -87,6 +94,7 @@ def cluster():
                        check=True, capture_output=True, timeout=120, env=env)
         yield address
     finally:
+        patch.undo()
         _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
