@@ -101,3 +101,15 @@ def test_sweep_over_cifar10_class_names(cifar_folder, tmp_path):
     # CIFAR-10's published figures beside ours, matched by class name
     assert "| airplane | " in md and " | 0.640 | 0.617 | 0.757 |  |  |" in md
     assert " | 0.565 | 0.659 | 0.530 |  |  |" in md and "matched by class name" in md
+
+
+def test_cpu_parameters_file_names_only_declared_parameters(tmp_path):
+    from anogan_guide import cli
+
+    notebooks = cli.resolve_notebooks(["00_data_prep", "01_dcgan_training", "02_latent_mapping"])
+    common, per_notebook = cli.read_params_file(str(REPO / "params" / "cifar10-anogan-cpu.yaml"))
+    plans = cli.plan_parameters(notebooks, common, per_notebook, {"data_root": str(tmp_path)},
+                                tmp_path)
+    assert [p["image_size"] for p in plans] == [64, 64, 64]
+    assert plans[0]["dataset"] == "folder" and plans[0]["normal_class"] == "automobile"
+    assert plans[2]["max_test_images"] > 0 and plans[2].get("fast_mappings", True)  # f-AnoGAN runs
