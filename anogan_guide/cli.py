@@ -314,10 +314,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"[anogan-guide] results: {out / 'results.csv'}, {out / 'results.md'}")
     total = len(classes) * len(seeds)
     if outcome.interrupted:
-        todo = outcome.rerun + outcome.run
-        raise Interrupted(f"sweep interrupted: {outcome.finished} of the {todo} runs to do "
-                          f"finished and are kept, the others were stopped; run the same command "
-                          f"again to resume")
+        raise Interrupted("sweep interrupted: the runs still going were stopped, the finished "
+                          "ones are kept; run the same command again to resume (it skips them)")
     if outcome.failures:
         raise RunFailed(f"sweep: {len(outcome.failures)} of {total} runs failed "
                         f"({', '.join(outcome.failures)}); see each run's sweep.log, fix and run "

@@ -71,10 +71,12 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
-def execute_run(task: Task, env: dict[str, str] | None = None) -> str | None:
+def execute_run(task: Task, env: dict[str, str] | None = None,
+                stop: threading.Event | None = None) -> str | None:
     """Run `anogan-guide run` for one task with this interpreter, its output in
     <folder>/sweep.log. Returns None on success, else one line naming the failure and the log.
-    Interrupted (Ctrl-C, a cancelled Ray task), it stops the run's processes before re-raising."""
+    Interrupted (Ctrl-C, a cancelled Ray task) or told to `stop` (the local engine's Ctrl-C,
+    which reaches only its main thread), it stops the run's processes first."""
     task.folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "anogan_guide.cli", "run", *task.args]
     log = task.folder / "sweep.log"
@@ -89,7 +91,8 @@ def execute_run(task: Task, env: dict[str, str] | None = None) -> str | None:
                     returncode = process.wait(timeout=1.0)
                     break
                 except subprocess.TimeoutExpired:
-                    continue
+                    if stop is not None and stop.is_set():
+                        raise KeyboardInterrupt from None
         except BaseException:
             _stop(process)
             raise
@@ -131,6 +134,7 @@ def run_local(tasks: Sequence[Task], *, jobs: int = 1) -> Iterator[Outcome]:
     free = list(range(jobs))
     threads = None if gpus else cpu_threads_per_job(jobs)
     lock = threading.Lock()
+    stop = threading.Event()  # set when the sweep stops early: the running runs stop too
 
     def one(task: Task) -> str | None:
         with lock:
@@ -141,7 +145,7 @@ def run_local(tasks: Sequence[Task], *, jobs: int = 1) -> Iterator[Outcome]:
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
         try:
-            return execute_run(task, env)
+            return execute_run(task, env, stop)
         finally:
             with lock:
                 free.append(slot)
@@ -156,8 +160,9 @@ def run_local(tasks: Sequence[Task], *, jobs: int = 1) -> Iterator[Outcome]:
                     error = f"{type(err).__name__}: {err}"
                 yield futures[future], error
         finally:
+            stop.set()
             for future in futures:
-                future.cancel()  # the ones not started; running ones end with their process
+                future.cancel()  # the ones not started
 
 
 # ---------------------------------------------------------------------------------------------

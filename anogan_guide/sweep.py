@@ -240,7 +240,6 @@ class SweepOutcome:
     skipped: int = 0
     rerun: int = 0
     run: int = 0
-    finished: int = 0  # of the runs that ran (failed or not)
     failures: dict[str, str] = field(default_factory=dict)
     kept_different: dict[tuple[str, int, str], str] = field(default_factory=dict)
     interrupted: bool = False
@@ -307,7 +306,6 @@ def sweep(dataset: str, classes: Sequence, seeds: Sequence[int], methods: Sequen
                 if error:
                     outcome.failures[task.name] = error
                     bar.write(f"sweep: {dataset} {task.name} failed: {error}", file=sys.stderr)
-                outcome.finished += 1
                 bar.update(1)
         except KeyboardInterrupt:
             outcome.interrupted = True

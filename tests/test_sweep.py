@@ -147,7 +147,7 @@ def test_one_gpu_per_job_and_failures_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "gpu_count", lambda: 2)
     busy, seen, lock = set(), [], threading.Lock()
 
-    def fake(task, env):
+    def fake(task, env, stop=None):
         gpu = env.get("CUDA_VISIBLE_DEVICES")
         assert "OMP_NUM_THREADS" not in env  # GPU jobs keep the default CPU threads
         with lock:
@@ -175,7 +175,7 @@ def test_parallel_cpu_jobs_share_the_cores(tmp_path, monkeypatch):
     assert engines.cpu_threads_per_job(3) == 2 and engines.cpu_threads_per_job(16) == 1
     seen = []
     monkeypatch.setattr(engines, "execute_run",
-                        lambda task, env: seen.append((env.get("CUDA_VISIBLE_DEVICES"),
+                        lambda task, env, stop=None: seen.append((env.get("CUDA_VISIBLE_DEVICES"),
                                                        env.get("OMP_NUM_THREADS"))))
     sweep.sweep("digits", [0, 1], [0], ["gradcon"], tmp_path, plan=_plan(),
                 engine=partial(engines.run_local, jobs=4), echo=lambda m: None)

@@ -1,5 +1,6 @@
 """`anogan-guide sweep --engine ray` on a real two-node Ray cluster started on this machine,
-against `--engine local`; resuming after Ctrl-C; re-running what a changed parameter changes."""
+against `--engine local`; resuming after Ctrl-C (on both engines); re-running what a changed
+parameter changes."""
 
 import csv
 import json
@@ -135,10 +136,13 @@ def _finished(folder: Path) -> bool:
     return "gradcon" in data.get("methods", {}) and "04_gradcon" in data.get("parameters", {})
 
 
-def test_interrupted_ray_sweep_resumes_with_only_the_missing_runs(cluster, tmp_path):
+@pytest.mark.parametrize("engine", ["ray", "local"])
+def test_interrupted_sweep_resumes_with_only_the_missing_runs(engine, request, tmp_path):
     out = tmp_path / "sw"
-    args = [*TINY, "--classes", "0-2", "--methods", "gradcon", "--engine", "ray",
-            "--address", cluster, "--out", str(out)]
+    where = (["--address", request.getfixturevalue("cluster")] if engine == "ray"
+             else ["--jobs", "2"])
+    args = [*TINY, "--classes", "0-2", "--methods", "gradcon", "--engine", engine, *where,
+            "--out", str(out)]
     folders = [out / "digits" / f"class{c}_seed0" for c in range(3)]
     sweep = subprocess.Popen([sys.executable, "-m", "anogan_guide.cli", "sweep", *args],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
