@@ -13,7 +13,7 @@ an optional `notebooks:` mapping of per-notebook values (`notebooks: {03_ganomal
                        [-p NAME VALUE ...] [-f PARAMS.yaml] --out DIR
 
 runs the same notebooks for every (class, seed) and writes DIR/results.csv and results.md
-(anogan_guide/sweep.py, anogan_guide/engines.py).
+(anogan_guide/sweep.py, engines.py, results.py).
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from functools import partial
 
-    from . import engines, sweep
+    from . import engines, results, sweep
 
     try:
         classes = sweep.parse_list(args.classes, "class", integers=args.dataset != "folder")
@@ -310,7 +310,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               engine=engine, keep_different=args.keep_different)
     except engines.EngineError as err:
         raise UsageError(str(err)) from None
-    sweep.write_results(args.dataset, classes, seeds, out, flagged=outcome.kept_different)
+    results.write_results(args.dataset, classes, seeds, out, flagged=outcome.kept_different)
     print(f"[anogan-guide] results: {out / 'results.csv'}, {out / 'results.md'}")
     total = len(classes) * len(seeds)
     if outcome.interrupted:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anogan_guide import cli, engines, evaluate, sweep
+from anogan_guide import cli, engines, evaluate, results, sweep
 from anogan_guide.runs import Run, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_changed_parameters_rerun_what_they_change_or_are_kept_and_flagged(tmp_p
     assert calls == [] and kept.skipped == 2
     assert kept.kept_different == {("0", 0, "gradcon"): "epochs 2 (requested 3)",
                                    ("1", 0, "gradcon"): "04_gradcon: no parameters recorded"}
-    sweep.write_results("digits", [0, 1], [0], out, flagged=kept.kept_different)
+    results.write_results("digits", [0, 1], [0], out, flagged=kept.kept_different)
     md = (out / "results.md").read_text()
     assert "| 0 | 0.900 † | 0.800 |" in md
     assert "* class 0 seed 0, gradcon: epochs 2 (requested 3)" in md
@@ -188,11 +188,11 @@ def test_results_files_with_published_figures(tmp_path):
     for c, seed, a in ((0, 0, 0.9), (0, 1, 0.8), (1, 0, 0.7), (1, 1, 0.5)):
         folder = sweep.plan_runs("mnist", [c], [seed], tmp_path)[0].folder
         _fake_metrics(folder, "mnist", c, seed, {"gradcon": a, "hybrid": a + 0.05})
-    rows = sweep.write_results("mnist", [0, 1], [0, 1], tmp_path)
+    rows = results.write_results("mnist", [0, 1], [0, 1], tmp_path)
     assert len(rows) == 8
     with open(tmp_path / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == list(sweep.CSV_COLUMNS)
+    assert list(table[0]) == list(results.CSV_COLUMNS)
     assert table[0] == {"dataset": "mnist", "class": "0", "seed": "0", "method": "gradcon",
                         "auroc": "0.9000", "auprc": "0.9000", "f1": "0.4500",
                         "train_seconds": "2.0", "score_seconds": "1.0"}
@@ -202,7 +202,7 @@ def test_results_files_with_published_figures(tmp_path):
     assert "| **mean** | 0.725 ± 0.125 | 0.775 ± 0.125 |  | 0.988 | 0.998 |  |" in md
     assert "| mean of all ten classes (published) |  |  | 0.937 | 0.948 | 0.975 | 0.973 |" in md
     assert "GradCon: GradCon's 50/50 test" in md and "OCGAN: official train split" in md
-    digits = sweep.results_markdown([], "digits", [0], [0])
+    digits = results.results_markdown([], "digits", [0], [0])
     assert "No run of the sweep has finished" in digits
 
 
