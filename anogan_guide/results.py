@@ -194,12 +194,9 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
                   f"CIFAR-10)."]
     lines += ["", "## AUPRC", ""] + table("auprc", False)
     lines += ["", "## F1 (at the validation threshold)", ""] + table("f1", False)
-    lines += ["", "## Time per run (seconds, mean over runs)", "",
-              "| method | train | score |", "|---|---|---|"]
-    for m in methods:
-        mine = [r for r in rows if r["method"] == m]
-        lines.append(f"| {m} | {np.mean([r['train_seconds'] for r in mine]):.1f} | "
-                     f"{np.mean([r['score_seconds'] for r in mine]):.1f} |")
+    lines += ["", "Training and scoring seconds of every run are in results.csv: they depend on the "
+              "machine and its load, so this file leaves them out, and the same runs give the "
+              "same results.md on any engine."]
     return "\n".join(lines) + "\n"
 
 

@@ -124,6 +124,7 @@ def test_ray_cluster_gives_the_local_engines_results(cluster, local_sweep, tmp_p
     ray_table, local_table = _table(out), _table(local_sweep)
     assert set(ray_table) == {(c, m) for c in "01" for m in ("ganomaly", "gradcon")}
     assert ray_table == local_table
+    assert (out / "results.md").read_text() == (local_sweep / "results.md").read_text()
     assert "Kernel is running over TCP" not in result.stdout + result.stderr
     assert not list(out.glob(".anogan-guide-storage-*"))  # the storage check cleans up
 
