@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from functools import lru_cache
@@ -305,6 +306,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return {nb.stem: v for nb, v in zip(notebooks, values, strict=True)}
 
     out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # kill, a batch system's time limit: as Ctrl-C
     try:
         outcome = sweep.sweep(args.dataset, classes, seeds, methods, out, plan=plan,
                               engine=engine, keep_different=args.keep_different)
@@ -321,6 +323,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         f"({', '.join(outcome.failures)}); see each run's sweep.log, fix and run "
                         f"the same command again to resume")
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -130,25 +130,24 @@ def comparable(params: dict) -> dict:
 
 
 def method_status(data: dict, run: SweepRun, method: str, requested: dict[str, dict]) -> str:
-    """"missing" (no entry yet), "different" (made with other parameters than `requested`, the
-    resolved parameters per notebook, or with none recorded) or "same"."""
+    """"missing" (no entry, or one whose notebooks' parameters are not all recorded: its run was
+    interrupted, or made before runs recorded them), "different" (made with other parameters than
+    `requested`, the resolved parameters per notebook) or "same"."""
     if not split_matches(run, data) or not set(data.get("methods", {})) & set(METHOD_ENTRIES[method]):
         return "missing"
     recorded = data.get("parameters", {})
-    for stem in (DATA_PREP, *METHOD_NOTEBOOKS[method]):
-        if stem not in recorded or comparable(recorded[stem]) != comparable(requested[stem]):
-            return "different"
-    return "same"
+    stems = (DATA_PREP, *METHOD_NOTEBOOKS[method])
+    if any(stem not in recorded for stem in stems):
+        return "missing"
+    same = all(comparable(recorded[stem]) == comparable(requested[stem]) for stem in stems)
+    return "same" if same else "different"
 
 
 def parameter_changes(data: dict, method: str, requested: dict[str, dict]) -> str:
     """What differs between a method's recorded and requested parameters, for results.md."""
-    recorded = data.get("parameters", {})
     changes = []
     for stem in (DATA_PREP, *METHOD_NOTEBOOKS[method]):
-        if stem not in recorded:
-            return f"{stem}: no parameters recorded"
-        old, new = comparable(recorded[stem]), comparable(requested[stem])
+        old, new = comparable(data["parameters"][stem]), comparable(requested[stem])
         changes += [f"{k} {old.get(k, 'default')} (requested {new.get(k, 'default')})"
                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return ", ".join(dict.fromkeys(changes))

@@ -137,22 +137,25 @@ def _finished(folder: Path) -> bool:
     return "gradcon" in data.get("methods", {}) and "04_gradcon" in data.get("parameters", {})
 
 
-@pytest.mark.parametrize("engine", ["ray", "local"])
-def test_interrupted_sweep_resumes_with_only_the_missing_runs(engine, request, tmp_path):
+@pytest.mark.parametrize(("engine", "sig"), [("ray", signal.SIGINT), ("local", signal.SIGTERM)])
+def test_interrupted_sweep_resumes_with_only_the_missing_runs(engine, sig, request, tmp_path):
+    """Ctrl-C (SIGINT) or a kill / batch time limit (SIGTERM) after the first finished run."""
     out = tmp_path / "sw"
     where = (["--address", request.getfixturevalue("cluster")] if engine == "ray"
              else ["--jobs", "2"])
     args = [*TINY, "--classes", "0-2", "--methods", "gradcon", "--engine", engine, *where,
             "--out", str(out)]
     folders = [out / "digits" / f"class{c}_seed0" for c in range(3)]
+    # as from a terminal: SIGINT handled (a shell's background job would inherit it ignored)
     sweep = subprocess.Popen([sys.executable, "-m", "anogan_guide.cli", "sweep", *args],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while not any(_finished(f) for f in folders):
             assert sweep.poll() is None and time.monotonic() < deadline, "no run finished"
             time.sleep(0.5)
-        sweep.send_signal(signal.SIGINT)  # Ctrl-C
+        sweep.send_signal(sig)
         _, stderr = sweep.communicate(timeout=120)
     finally:
         if sweep.poll() is None:
