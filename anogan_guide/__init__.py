@@ -2,7 +2,15 @@
 
 from . import anogan, ganomaly, gradcon, hybrid
 from .anogan import AnoganConfig, FanoganConfig, LatentMap, map_latent
-from .data import ImageSet, OneClassSplit, load_one_class, load_split, save_split, subsample_test
+from .data import (
+    ImageSet,
+    OneClassSplit,
+    load_one_class,
+    load_split,
+    save_split,
+    stratified_sample,
+    subsample_test,
+)
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .gradcon import GradConConfig, gradcon_scores
 from .hybrid import HybridConfig, TrainedHybrid
@@ -22,5 +30,5 @@ __all__ = [
     "GradConAE", "GradConConfig", "gradcon", "gradcon_scores",
     "HybridConfig", "TrainedHybrid", "hybrid",
     "ImageSet", "OneClassSplit", "Run", "load_one_class", "load_split", "open_run",
-    "pick_device", "save_split", "seed_everything", "subsample_test",
+    "pick_device", "save_split", "seed_everything", "stratified_sample", "subsample_test",
 ]

@@ -9,7 +9,7 @@ an optional `notebooks:` mapping of per-notebook values (`notebooks: {03_ganomal
 
     anogan-guide sweep [--dataset D] [--classes 0-9] [--seeds 0,1,2] [--methods ...]
                        [--engine local [--jobs N] | --engine ray [--address ADDR]
-                        [--cpus-per-run N] [--gpus-per-run G]] [--keep-different]
+                        [--cpus-per-run N] [--gpus-per-run G]] [--keep-different] [--dev]
                        [-p NAME VALUE ...] [-f PARAMS.yaml] --out DIR
 
 runs the same notebooks for every (class, seed) and writes DIR/results.csv and results.md
@@ -312,7 +312,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               engine=engine, keep_different=args.keep_different)
     except engines.EngineError as err:
         raise UsageError(str(err)) from None
-    results.write_results(args.dataset, classes, seeds, out, flagged=outcome.kept_different)
+    results.write_results(args.dataset, classes, seeds, out, flagged=outcome.kept_different,
+                          dev=args.dev)
     print(f"[anogan-guide] results: {out / 'results.csv'}, {out / 'results.md'}")
     total = len(classes) * len(seeds)
     if outcome.interrupted:
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--gpus-per-run", type=float, help="ray engine: GPUs per run (default 0)")
     sw.add_argument("--keep-different", action="store_true", help="keep finished runs made "
                     "with other parameters (flagged in results.md) instead of re-running them")
+    sw.add_argument("--dev", action="store_true", help="results.md also shows the development "
+                    "AUROC/AUPRC (validation normals vs other classes' training images)")
     sw.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a parameter for every notebook that declares it")
     sw.add_argument("-f", dest="params_file", metavar="PARAMS.yaml", help="parameters file")

@@ -2,8 +2,10 @@
 
 Protocol (../shared/design/ALGORITHMS.md): train = the official train images of the normal class
 minus a seeded `val_fraction` held out as validation normals; test = the full official test set,
-every other class anomalous. Images are kept in memory as uint8 (N, C, S, S), resized once; each
-method asks for its value range with `ImageSet.in_range`.
+every other class anomalous. The development set (`dev`): the validation normals against a
+seeded, class-stratified sample of the *other* classes' training images, so that the guidebook's
+global defaults are chosen without looking at a test image. Images are kept in memory as uint8
+(N, C, S, S), resized once; each method asks for its value range with `ImageSet.in_range`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ IMAGE_SIZES = (16, 28, 32, 64)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DIGITS_TEST_FRACTION = 0.3  # scikit-learn's digits have no official split: a fixed, stratified one
 DIGITS_SPLIT_SEED = 0
+DEV_ANOMALIES = 1000  # other classes' training images in the development set (all if fewer)
 
 
 class ImageSet(Dataset):
@@ -76,6 +79,8 @@ class OneClassSplit:
     test: ImageSet
     test_classes: torch.Tensor  # the original class index of every test image
     class_names: list[str]
+    dev: ImageSet  # development anomalies: other classes' *training* images (label 1)
+    dev_classes: torch.Tensor  # the original class index of every development anomaly
     config: dict = field(default_factory=dict)  # what split.json records (indices or file paths)
 
     @property
@@ -83,10 +88,17 @@ class OneClassSplit:
         """0 = normal, 1 = anomaly, one per test image. Read only for the final metrics."""
         return self.test.labels
 
+    @property
+    def has_dev(self) -> bool:
+        """False when the training data holds the normal class only (a folder of normal images):
+        there is nothing to build a development set from."""
+        return len(self.dev) > 0
+
     def counts(self) -> dict[str, int]:
         return {"n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test),
                 "n_test_normal": int((self.test.labels == 0).sum()),
-                "n_test_anomalous": int((self.test.labels == 1).sum())}
+                "n_test_anomalous": int((self.test.labels == 1).sum()),
+                "n_dev_anomalous": len(self.dev)}
 
     def summary(self) -> str:
         """Deterministic lines for the notebook (nbval compares them)."""
@@ -96,6 +108,8 @@ class OneClassSplit:
             f" channels={self.channels} seed={self.seed}",
             f"train normals: {c['n_train']}  validation normals: {c['n_val']}",
             f"test: {c['n_test']} ({c['n_test_normal']} normal, {c['n_test_anomalous']} anomalous)",
+            f"development: the {c['n_val']} validation normals vs {c['n_dev_anomalous']} other "
+            f"classes' training images",
         ])
 
 
@@ -179,9 +193,10 @@ def _read_images(paths: list[Path], channels: int | None) -> tuple[list[torch.Te
     return out, channels
 
 
-def _folder(root: Path, normal_class, image_size: int):
+def _folder(root: Path, normal_class, image_size: int, seed: int):
     """Layout A: train/ holds normal images, test/normal/ and test/abnormal/.
-    Layout B: train/<class>/ and test/<class>/, `normal_class` naming the normal folder."""
+    Layout B: train/<class>/ and test/<class>/, `normal_class` naming the normal folder. Of the
+    other classes' training images only the development sample (`dev_indices`) is read."""
     train_dir, test_dir = root / "train", root / "test"
     for d in (train_dir, test_dir):
         if not d.is_dir():
@@ -198,6 +213,7 @@ def _folder(root: Path, normal_class, image_size: int):
                                         f"images in test/normal/ and test/abnormal/")
         test_names = ["normal", "abnormal"]
         train_paths = _list_images(train_dir)
+        train_classes = [0] * len(train_paths)
     else:  # layout B
         normal = str(normal_class)
         if normal not in train_subdirs:
@@ -206,11 +222,20 @@ def _folder(root: Path, normal_class, image_size: int):
         if normal not in test_names:
             raise FileNotFoundError(f"folder dataset: {test_dir / normal} is missing; the test "
                                     f"folder needs a subfolder for the normal class too")
-        train_paths = _list_images(train_dir / normal)
-    if not train_paths:
+        train_paths, train_classes = [], []
+        for ci, name in enumerate(test_names):  # other classes: development anomalies
+            found = _list_images(train_dir / name) if name in train_subdirs else []
+            train_paths += found
+            train_classes += [ci] * len(found)
+    normal_index = test_names.index(normal)
+    if normal_index not in train_classes:
         where = train_dir if normal == "normal" and not train_subdirs else train_dir / normal
         raise ValueError(f"folder dataset: no images in {where}; add normal training images "
                          f"({', '.join(IMAGE_EXTENSIONS[:3])}, ...)")
+    classes = np.asarray(train_classes)
+    keep = np.sort(np.concatenate([np.flatnonzero(classes == normal_index),
+                                   dev_indices(classes, normal_index, seed)]))
+    train_paths = [train_paths[i] for i in keep]
     test_paths, test_classes = [], []
     for ci, name in enumerate(test_names):
         found = _list_images(test_dir / name)
@@ -222,12 +247,10 @@ def _folder(root: Path, normal_class, image_size: int):
     test_list, _ = _read_images(test_paths, channels)
     train = torch.stack([_resize(x.unsqueeze(0), image_size)[0] for x in train_list])
     test = torch.stack([_resize(x.unsqueeze(0), image_size)[0] for x in test_list])
-    normal_index = test_names.index(normal)
-    train_classes = torch.full((len(train),), normal_index, dtype=torch.long)
     rel = [str(p.relative_to(root)) for p in train_paths]
     rel_test = [str(p.relative_to(root)) for p in test_paths]
-    return (train, train_classes, test, torch.tensor(test_classes), test_names, rel, rel_test,
-            normal)
+    return (train, torch.from_numpy(classes[keep]), test, torch.tensor(test_classes), test_names,
+            rel, rel_test, normal)
 
 
 SYNTHETIC_SHAPES = ("disc", "square", "cross", "ring")  # classes 0, 1, 2, 3
@@ -270,6 +293,19 @@ def _synthetic(n_train: int = 240, n_test: int = 60, size: int = 32):
 # ---------------------------------------------------------------------------------------------
 
 
+def dev_indices(train_classes, normal_index: int, seed: int) -> np.ndarray:
+    """Which training images of the *other* classes form the development anomalies: the same
+    seeded share of every class (so the classes keep their proportions), `n_max` in all (every
+    one when there are fewer). Depends only on the class of each training image and the seed."""
+    classes = np.asarray(train_classes)
+    others = np.flatnonzero(classes != normal_index)
+    share = min(1.0, DEV_ANOMALIES / len(others)) if len(others) else 0.0
+    rng = np.random.default_rng([seed, 1])  # its own stream (validation: `seed`)
+    picked = [rng.permutation(np.flatnonzero(classes == c))[:int(round(share * n))]
+              for c, n in zip(*np.unique(classes[others], return_counts=True), strict=True)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
 def _check_args(dataset: str, image_size: int, val_fraction: float) -> None:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
@@ -299,7 +335,8 @@ def load_one_class(dataset: str, normal_class: int | str, *, data_root: str | Pa
         if not root.is_dir():
             raise FileNotFoundError(f"data_root {root} does not exist; pass the folder that holds "
                                     f"train/ and test/")
-        tr, trc, te, tec, names, refs, test_refs, normal = _folder(root, normal_class, image_size)
+        tr, trc, te, tec, names, refs, test_refs, normal = _folder(root, normal_class, image_size,
+                                                                    seed)
         normal_index = names.index(normal)
     else:
         if dataset == "digits":
@@ -322,9 +359,11 @@ def load_one_class(dataset: str, normal_class: int | str, *, data_root: str | Pa
     order = np.random.default_rng(seed).permutation(normal_idx)
     n_val = min(max(1, int(round(len(order) * float(val_fraction)))), len(order) - 1)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    dev_idx = dev_indices(trc.numpy(), normal_index, seed)  # a folder read only these: all again
     channels = int(tr.shape[1])
     train_imgs = _resize(tr[torch.from_numpy(train_idx)], image_size)
     val_imgs = _resize(tr[torch.from_numpy(val_idx)], image_size)
+    dev_imgs = _resize(tr[torch.from_numpy(dev_idx)], image_size)
     test_imgs = _resize(te, image_size)
     test_labels = (tec != normal_index).long()
     config = {
@@ -332,7 +371,7 @@ def load_one_class(dataset: str, normal_class: int | str, *, data_root: str | Pa
         "val_fraction": float(val_fraction), "data_root": str(root) if data_root else None,
         "channels": channels, "class_names": names,
         "train": [refs[i] for i in train_idx], "val": [refs[i] for i in val_idx],
-        "test": test_refs,
+        "test": test_refs, "dev": [refs[i] for i in dev_idx],
     }
     return OneClassSplit(
         dataset=dataset, normal_class=normal_class, image_size=image_size, seed=seed,
@@ -340,7 +379,8 @@ def load_one_class(dataset: str, normal_class: int | str, *, data_root: str | Pa
         train=ImageSet(train_imgs, torch.zeros(len(train_imgs), dtype=torch.long)),
         val=ImageSet(val_imgs, torch.zeros(len(val_imgs), dtype=torch.long)),
         test=ImageSet(test_imgs, test_labels), test_classes=tec.long(), class_names=names,
-        config=config)
+        dev=ImageSet(dev_imgs, torch.ones(len(dev_imgs), dtype=torch.long)),
+        dev_classes=trc[torch.from_numpy(dev_idx)].long(), config=config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +414,10 @@ def load_split(run: Run, *, dataset: str, normal_class: int | str, data_root=Non
         split = load_one_class(dataset, normal_class, image_size=image_size, seed=seed,
                                val_fraction=val_fraction, download=download,
                                data_root=data_root or saved.get("data_root"))
-        if any(split.config[k] != saved[k] for k in ("train", "val", "test")):
+        if "dev" not in saved:
+            raise ValueError(f"{run.split_path} predates the development set; run 00_data_prep "
+                             f"again (same parameters, same split) to add it")
+        if any(split.config[k] != saved[k] for k in ("train", "val", "test", "dev")):
             raise ValueError(f"the data under {split.config['data_root']} no longer matches "
                              f"{run.split_path}; run 00_data_prep again to make a new split")
         return split
@@ -384,15 +427,20 @@ def load_split(run: Run, *, dataset: str, normal_class: int | str, data_root=Non
     return split
 
 
-def subsample_test(split: OneClassSplit, max_images: int, seed: int = 0) -> torch.Tensor:
-    """Indices of a seeded subsample of the test set, stratified by original class (0 = all).
-
-    Uses only the class of each image (the protocol's strata), never scores."""
-    n = len(split.test)
+def stratified_sample(classes: torch.Tensor, max_images: int, seed: int = 0) -> torch.Tensor:
+    """Indices of a seeded sample of `max_images` images, stratified by original class (0 or
+    more than there are: all). Uses only the class of each image (the protocol's strata)."""
+    n = len(classes)
     if max_images <= 0 or max_images >= n:
         return torch.arange(n)
     from sklearn.model_selection import train_test_split
 
-    keep, _ = train_test_split(np.arange(n), train_size=max_images,
-                               stratify=split.test_classes.numpy(), random_state=seed)
+    keep, _ = train_test_split(np.arange(n), train_size=max_images, stratify=classes.numpy(),
+                               random_state=seed)
     return torch.from_numpy(np.sort(keep))
+
+
+def subsample_test(split: OneClassSplit, max_images: int, seed: int = 0) -> torch.Tensor:
+    """Indices of a seeded subsample of the test set, stratified by original class (0 = all);
+    never reads scores."""
+    return stratified_sample(split.test_classes, max_images, seed)

@@ -3,6 +3,11 @@
 Every method's scoring returns a *score table*: a dict from term name (`residual`,
 `discrimination`, `l_enc`, `l_con`, `l_adv`, `l_grad`, ...) to a 1-d tensor with one value per
 image, plus `score` (higher = more anomalous). Nothing here special-cases a method.
+
+Each method scores three sets: the validation normals (thresholds, standardisation), the
+development anomalies (other classes' *training* images; with the validation normals they give
+the `dev` figures on which the guidebook's global defaults are chosen) and the test set (the
+reported figures).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from .runs import Run, atomic_path, write_json
 
 ScoreTable = dict[str, torch.Tensor]
 FALSE_POSITIVE_RATE = 0.05  # the threshold lets through 5% of the validation normals
-METRIC_KEYS = ("auroc", "auprc", "f1", "threshold", "train_seconds", "score_seconds",
+METRIC_KEYS = ("auroc", "auprc", "f1", "threshold", "dev", "train_seconds", "score_seconds",
                "score_images_per_second", "params")
 
 
@@ -70,6 +75,17 @@ def metrics(test_scores, test_labels, threshold: float) -> dict[str, float]:
             "f1": float(f1_score(labels, scores > threshold, zero_division=0))}
 
 
+def dev_metrics(val_scores, dev_scores) -> dict | None:
+    """AUROC and AUPRC of the validation normals (0) against the development anomalies (1): the
+    figure global defaults are chosen on. None without development anomalies."""
+    if dev_scores is None or len(dev_scores) == 0:
+        return None
+    val, dev = _np(val_scores), _np(dev_scores)
+    labels = np.r_[np.zeros(len(val)), np.ones(len(dev))]
+    m = metrics(np.r_[val, dev], labels, threshold=float("inf"))
+    return {"auroc": m["auroc"], "auprc": m["auprc"], "n_normal": len(val), "n_anomalous": len(dev)}
+
+
 def evaluate(val_scores, test_scores, test_labels,
              false_positive_rate: float = FALSE_POSITIVE_RATE) -> dict[str, float]:
     """Threshold from the validation normals, then AUROC/AUPRC/F1 on the test set."""
@@ -83,9 +99,11 @@ def evaluate(val_scores, test_scores, test_labels,
 
 def save_scores(run: Run, method: str, val: ScoreTable, test: ScoreTable, *,
                 test_labels: torch.Tensor, test_classes: torch.Tensor,
-                test_indices: torch.Tensor) -> Path:
-    """Write every term of the validation and test score tables, with labels, atomically."""
+                test_indices: torch.Tensor, dev: ScoreTable | None = None) -> Path:
+    """Write every term of the validation, development and test score tables, with labels,
+    atomically."""
     arrays = {f"val/{k}": _np(v) for k, v in val.items()}
+    arrays |= {f"dev/{k}": _np(v) for k, v in (dev or {}).items()}
     arrays |= {f"test/{k}": _np(v) for k, v in test.items()}
     arrays |= {"test_labels": _np(test_labels).astype(np.int64),
                "test_classes": _np(test_classes).astype(np.int64),
@@ -99,6 +117,7 @@ def save_scores(run: Run, method: str, val: ScoreTable, test: ScoreTable, *,
 @dataclass
 class SavedScores:
     val: dict[str, np.ndarray]
+    dev: dict[str, np.ndarray]  # empty without development anomalies
     test: dict[str, np.ndarray]
     test_labels: np.ndarray
     test_classes: np.ndarray
@@ -112,8 +131,9 @@ def load_scores(run: Run, method: str) -> SavedScores:
                                 f"run_dir first")
     with np.load(path) as data:
         val = {k[4:]: data[k] for k in data.files if k.startswith("val/")}
+        dev = {k[4:]: data[k] for k in data.files if k.startswith("dev/")}
         test = {k[5:]: data[k] for k in data.files if k.startswith("test/")}
-        return SavedScores(val, test, data["test_labels"], data["test_classes"],
+        return SavedScores(val, dev, test, data["test_labels"], data["test_classes"],
                            data["test_indices"])
 
 
@@ -132,7 +152,7 @@ def write_split_sizes(run: Run, split: OneClassSplit) -> dict:
     c = split.counts()
     header = {"dataset": split.dataset, "normal_class": split.normal_class, "seed": split.seed,
               "image_size": split.image_size, "n_train": c["n_train"], "n_val": c["n_val"],
-              "n_test": c["n_test"]}
+              "n_test": c["n_test"], "n_dev": c["n_dev_anomalous"]}
     old = read_metrics(run)
     same = all(old.get(k) == v for k, v in header.items())
     data = {**header, "methods": old.get("methods", {}) if same else {},
@@ -171,16 +191,22 @@ def record_method(run: Run, method: str, entry: dict, split: OneClassSplit | Non
 
 
 def finish_method(run: Run, method: str, split: OneClassSplit, val: ScoreTable, test: ScoreTable,
-                  *, test_indices: torch.Tensor, train_seconds: float, score_seconds: float,
-                  params: dict) -> dict:
+                  *, dev: ScoreTable | None, test_indices: torch.Tensor, train_seconds: float,
+                  score_seconds: float, params: dict) -> dict:
     """The last step of every method notebook: save the score tables, threshold on validation,
-    metrics on test, and the method's entry in metrics.json. Returns the entry."""
+    metrics on test, the development figures (validation normals vs `dev`, the scores of
+    `split.dev` or a sample of it; None when the split has none), and the method's entry in
+    metrics.json. `score_seconds` covers every image scored. Returns the entry."""
     labels = split.test_labels[test_indices]
-    save_scores(run, method, val, test, test_labels=labels,
+    if dev is None and split.has_dev:
+        raise ValueError(f"{method}: the split has development anomalies; score split.dev and "
+                         f"pass its score table as dev=")
+    save_scores(run, method, val, test, test_labels=labels, dev=dev,
                 test_classes=split.test_classes[test_indices], test_indices=test_indices)
     result = evaluate(val["score"], test["score"], labels)
-    n_scored = len(test["score"]) + len(val["score"])
-    entry = {**result, "train_seconds": round(float(train_seconds), 3),
+    n_scored = len(test["score"]) + len(val["score"]) + (len(dev["score"]) if dev else 0)
+    entry = {**result, "dev": dev_metrics(val["score"], dev["score"] if dev else None),
+             "train_seconds": round(float(train_seconds), 3),
              "score_seconds": round(float(score_seconds), 3),
              "score_images_per_second": round(n_scored / max(score_seconds, 1e-9), 1),
              "params": params}
@@ -193,12 +219,13 @@ def metrics_table(data: dict) -> str:
     head = (f"{data.get('dataset')} normal_class={data.get('normal_class')} seed={data.get('seed')}"
             f" (n_train={data.get('n_train')}, n_val={data.get('n_val')}, "
             f"n_test={data.get('n_test')})")
-    rows = ["| method | AUROC | AUPRC | F1 | train s | score s | images/s |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| method | AUROC | AUPRC | F1 | dev AUROC | train s | score s | images/s |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, m in data.get("methods", {}).items():
-        rows.append(f"| {name} | {m['auroc']:.3f} | {m['auprc']:.3f} | {m['f1']:.3f} | "
+        dev = f"{m['dev']['auroc']:.3f}" if m.get("dev") else "–"
+        rows.append(f"| {name} | {m['auroc']:.3f} | {m['auprc']:.3f} | {m['f1']:.3f} | {dev} | "
                     f"{m['train_seconds']:.1f} | {m['score_seconds']:.1f} | "
                     f"{m['score_images_per_second']:.0f} |")
     if len(rows) == 2:
-        rows.append("| (no method has run yet) | | | | | | |")
+        rows.append("| (no method has run yet) | | | | | | | |")
     return head + "\n" + "\n".join(rows)

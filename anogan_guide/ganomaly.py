@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageSet, OneClassSplit
+from .evaluate import dev_metrics
 from .nets import GanomalyDiscriminator, GanomalyGenerator, dcgan_init
 from .runs import Run, config_from_dict, read_checkpoint, save_image_grid
 from .training import TrainingLoop, load_trained
@@ -302,6 +303,9 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
         loop.epoch_history.setdefault("val_l_enc_rel", []).append(
             validation_criterion(val_table, val_z, "l_enc_rel"))
         loop.epoch_history.setdefault("d_reinits", []).append(float(reinits))
+        if split.has_dev:  # recorded to compare the `select` criteria on dev; never selects
+            dev = dev_metrics(val_table["score"], score(trained, split.dev)["score"])
+            loop.epoch_history.setdefault("dev_auroc", []).append(dev["auroc"])
         criterion = validation_criterion(val_table, val_z, config.select)
         images = None
         if len(shown):

@@ -16,8 +16,9 @@ from .evaluate import read_metrics
 from .runs import Run, atomic_path
 from .sweep import plan_runs, split_matches
 
-CSV_COLUMNS = ("dataset", "class", "seed", "method", "auroc", "auprc", "f1", "train_seconds",
-               "score_seconds")
+CSV_COLUMNS = ("dataset", "class", "seed", "method", "auroc", "auprc", "f1", "dev_auroc",
+               "dev_auprc", "train_seconds", "score_seconds")
+FIGURES = ("auroc", "auprc", "f1", "dev_auroc", "dev_auprc")
 
 # Published one-class AUROC (anomaly = positive), mean over the ten classes and per class where
 # the paper gives it, each with its protocol. Source: ../shared/design/ALGORITHMS.md ("Published
@@ -96,8 +97,11 @@ def collect(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path) ->
         if not split_matches(run, data):
             continue
         for method, m in data.get("methods", {}).items():
+            dev = m.get("dev") or {}
             rows.append({"dataset": dataset, "class": run.normal_class, "seed": run.seed,
-                         "method": method, **{k: m[k] for k in CSV_COLUMNS[4:]}})
+                         "method": method, "auroc": m["auroc"], "auprc": m["auprc"], "f1": m["f1"],
+                         "dev_auroc": dev.get("auroc"), "dev_auprc": dev.get("auprc"),
+                         "train_seconds": m["train_seconds"], "score_seconds": m["score_seconds"]})
     return rows
 
 
@@ -107,7 +111,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{row[k]:.4f}" if k in ("auroc", "auprc", "f1") else row[k])
+        writer.writerow({k: (f"{row[k]:.4f}" if k in FIGURES and row[k] is not None else row[k])
                          for k in CSV_COLUMNS})
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
@@ -126,11 +130,13 @@ def published_for(dataset: str) -> list[dict]:
 
 
 def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: Sequence[int],
-                     *, title: str = "", flagged: dict[tuple[str, int, str], str] | None = None
-                     ) -> str:
+                     *, title: str = "", flagged: dict[tuple[str, int, str], str] | None = None,
+                     dev: bool = False) -> str:
     """results.md: per metric a table of mean ± std over seeds per class and method, the mean over
     classes (± std across the class means), and the published figures for the dataset. `flagged`
-    ({(class, seed, method): what differs}) marks figures kept with other parameters (†)."""
+    ({(class, seed, method): what differs}) marks figures kept with other parameters (†). `dev`
+    adds each method's development AUROC/AUPRC (validation normals vs other classes' training
+    images) beside its test figure."""
     flagged = flagged or {}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     source = published_source(dataset, classes)
@@ -142,27 +148,36 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
              f"std across classes. Protocol here: the normal class's training images, the full "
              f"test set; thresholds from validation "
              f"normals only.", ""]
+    if dev:
+        lines += ["Columns marked (dev): the development set, the validation normals against a "
+                  "seeded, class-stratified sample of the other classes' *training* images (no "
+                  "test image); the guidebook's defaults are chosen on it.", ""]
     if not rows:
         return "\n".join(lines + ["No run of the sweep has finished a method yet.", ""])
 
     def table(metric: str, with_published: bool) -> list[str]:
         pub = published if with_published else []
-        head = ["class", *methods, *(f"{p['method']} (published)" for p in pub)]
+        columns = [(m, metric, m) for m in methods]
+        if dev and metric in ("auroc", "auprc"):
+            columns += [(m, f"dev_{metric}", f"{m} (dev)") for m in methods]
+        head = ["class", *(name for _, _, name in columns),
+                *(f"{p['method']} (published)" for p in pub)]
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        class_means: dict[str, list[float]] = {m: [] for m in methods}
+        class_means: list[list[float]] = [[] for _ in columns]
         for c in classes:
             cells = []
-            for m in methods:
-                vals = [r[metric] for r in rows if r["method"] == m and str(r["class"]) == str(c)]
+            for (m, key, _), means in zip(columns, class_means, strict=True):
+                vals = [r[key] for r in rows if r["method"] == m and str(r["class"]) == str(c)
+                        and r[key] is not None]
                 mark = any((str(c), s, m) in flagged for s in seeds)
                 cells.append(_mean_std(vals) + (" †" if mark else ""))
                 if vals:
-                    class_means[m].append(float(np.mean(vals)))
+                    means.append(float(np.mean(vals)))
             for p in pub:
                 per, i = p.get("per_class"), where[c]
                 cells.append(f"{per[i]:.3f}" if per and i is not None and i < len(per) else "")
             out.append(f"| {c} | " + " | ".join(cells) + " |")
-        means = [_mean_std(class_means[m]) for m in methods]
+        means = [_mean_std(m) for m in class_means]
         # a published per-class table gives the mean over the same classes as ours
         same = [f"{np.mean([p['per_class'][where[c]] for c in classes]):.3f}"
                 if p.get("per_class") and all(where[c] is not None and where[c] < len(
@@ -170,7 +185,7 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
         out.append("| **mean** | " + " | ".join(means + same) + " |")
         if pub:
             out.append("| mean of all ten classes (published) | " + " | ".join(
-                [""] * len(methods) + [f"{p['mean']:.3f}" for p in pub]) + " |")
+                [""] * len(columns) + [f"{p['mean']:.3f}" for p in pub]) + " |")
         return out
 
     lines += ["## AUROC", ""] + table("auroc", True) + [""]
@@ -201,10 +216,11 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
 
 
 def write_results(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path, *,
-                  flagged: dict[tuple[str, int, str], str] | None = None) -> list[dict]:
+                  flagged: dict[tuple[str, int, str], str] | None = None,
+                  dev: bool = False) -> list[dict]:
     """Write DIR/results.csv and DIR/results.md from the run folders; returns the rows."""
     rows = collect(dataset, classes, seeds, out)
     write_csv(rows, out / "results.csv")
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(results_markdown(rows, dataset, classes, seeds, flagged=flagged))
+        tmp.write_text(results_markdown(rows, dataset, classes, seeds, flagged=flagged, dev=dev))
     return rows

@@ -130,11 +130,13 @@ def comparable(params: dict) -> dict:
 
 
 def method_status(data: dict, run: SweepRun, method: str, requested: dict[str, dict]) -> str:
-    """"missing" (no entry, or one whose notebooks' parameters are not all recorded: its run was
-    interrupted, or made before runs recorded them), "different" (made with other parameters than
-    `requested`, the resolved parameters per notebook) or "same"."""
-    if not split_matches(run, data) or not set(data.get("methods", {})) & set(METHOD_ENTRIES[method]):
-        return "missing"
+    """"missing" (no entry; one whose notebooks' parameters are not all recorded: its run was
+    interrupted, or made before runs recorded them; one without development figures),
+    "different" (made with other parameters than `requested`, the resolved parameters per
+    notebook) or "same"."""
+    entries = [e for name, e in data.get("methods", {}).items() if name in METHOD_ENTRIES[method]]
+    if not split_matches(run, data) or not entries or any("dev" not in e for e in entries):
+        return "missing"  # (an entry without development figures predates them)
     recorded = data.get("parameters", {})
     stems = (DATA_PREP, *METHOD_NOTEBOOKS[method])
     if any(stem not in recorded for stem in stems):

@@ -1,5 +1,6 @@
 """The one-class data protocol: counts, seeds, layouts, ranges and bad input."""
 
+import json
 import pickle
 import struct
 
@@ -57,7 +58,29 @@ def test_value_ranges_and_sizes():
 def test_digits_counts_deterministic():
     split = load_one_class("digits", 0)
     assert split.counts() == {"n_train": 112, "n_val": 12, "n_test": 540, "n_test_normal": 54,
-                              "n_test_anomalous": 486}
+                              "n_test_anomalous": 486, "n_dev_anomalous": 999}
+
+
+def test_development_set_other_classes_training_images_stratified_and_seeded(mnist_root):
+    split = load_one_class("mnist", 3, data_root=mnist_root, image_size=28)
+    # 1,000 of the other nine classes' 53,869 training images, each class its share
+    assert len(split.dev) in range(995, 1006) and bool((split.dev.labels == 1).all())
+    counts = torch.bincount(split.dev_classes, minlength=10)
+    assert counts[3] == 0 and counts.sum() == len(split.dev)
+    assert all(abs(int(counts[c]) - 1000 * n / 53869) <= 1 for c, n in enumerate(
+        [5923, 6742, 5958, 0, 5842, 5421, 5918, 6265, 5851, 5949]) if c != 3)
+    # training images, never the normal class's, never a test image (indices into train)
+    assert not set(split.config["dev"]) & (set(split.config["train"]) | set(split.config["val"]))
+    again = load_one_class("mnist", 3, data_root=mnist_root, image_size=28)
+    other = load_one_class("mnist", 3, data_root=mnist_root, image_size=28, seed=1)
+    assert again.config["dev"] == split.config["dev"] != other.config["dev"]
+    assert torch.equal(again.dev.images, split.dev.images)
+
+
+def test_development_set_of_small_datasets_takes_every_other_image():
+    split = load_one_class("synthetic", 0, image_size=16)  # 4 classes x 240 training images
+    assert len(split.dev) == 720 and sorted(set(split.dev_classes.tolist())) == [1, 2, 3]
+    assert "development: the 24 validation normals vs 720" in split.summary()
 
 
 def test_subsample_is_stratified_and_seeded():
@@ -86,6 +109,7 @@ def test_folder_layout_normal_abnormal(tmp_path):
     assert (len(split.train), len(split.val), len(split.test)) == (3, 3, 6)
     assert split.test_labels.tolist() == [0, 0, 0, 1, 1, 1]  # normal/ first, then abnormal/
     assert split.config["train"][0].startswith("train/")
+    assert not split.has_dev and split.config["dev"] == []  # a folder of normal images only
 
 
 def test_folder_layout_class_per_subfolder(tmp_path):
@@ -97,6 +121,10 @@ def test_folder_layout_class_per_subfolder(tmp_path):
     assert split.channels == 1
     assert len(split.train) + len(split.val) == 4 and len(split.test) == 12
     assert int((split.test_labels == 0).sum()) == 4
+    # the other classes' training images are the development anomalies
+    assert sorted(split.config["dev"]) == sorted(f"train/{c}/{i}.png" for c in ("scratch", "dent")
+                                                 for i in range(4))
+    assert [split.class_names[c] for c in split.dev_classes] == ["dent"] * 4 + ["scratch"] * 4
     with pytest.raises(ValueError, match="normal_class 'bolt' is not a folder"):
         load_one_class("folder", "bolt", data_root=tmp_path)
 
@@ -187,3 +215,25 @@ def test_load_split_reuses_and_checks_split_json(tmp_path):
     assert first.config == again.config
     with pytest.raises(ValueError, match="was made with other parameters .*normal_class"):
         load_split(run, dataset="digits", normal_class=3, seed=5)
+    old = json.loads(run.split_path.read_text())
+    del old["dev"]  # a split.json written before the development set
+    run.split_path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="predates the development set; run 00_data_prep again"):
+        load_split(run, dataset="digits", normal_class=2, seed=5)
+
+
+def test_folder_reads_only_the_development_sample_of_other_classes(tmp_path, monkeypatch):
+    import anogan_guide.data as data
+
+    monkeypatch.setattr(data, "DEV_ANOMALIES", 6)
+    for cls, n in (("a", 5), ("b", 20), ("c", 10)):
+        for i in range(n):
+            _write_png(tmp_path / "train" / cls / f"{i}.png")
+        _write_png(tmp_path / "test" / cls / "0.png")
+    read = []
+    real = data._read_images
+    monkeypatch.setattr(data, "_read_images", lambda paths, ch: (read.extend(paths),
+                                                                 real(paths, ch))[1])
+    split = load_one_class("folder", "a", data_root=tmp_path, image_size=16)
+    assert len(split.dev) == 6 and split.dev_classes.tolist() == [1, 1, 1, 1, 2, 2]  # 20:10
+    assert len(read) == 5 + 6 + 3  # the normal class, the development sample, the test images

@@ -47,16 +47,26 @@ def test_metrics_json_entries_and_scores(tmp_path):
     test = {"score": split.test_labels.float() * 3 + noise, "part": noise}
     val = {"score": torch.from_numpy(rng.normal(size=len(split.val))).float(),
            "part": torch.zeros(len(split.val))}
-    entry = finish_method(run, "demo-method", split, val, test, test_indices=idx,
+    dev = {"score": torch.from_numpy(rng.normal(2.0, 1.0, size=len(split.dev))).float(),
+           "part": torch.ones(len(split.dev))}
+    with pytest.raises(ValueError, match="score split.dev"):
+        finish_method(run, "demo-method", split, val, test, dev=None, test_indices=idx,
+                      train_seconds=1.0, score_seconds=0.5, params={"epochs": 1})
+    entry = finish_method(run, "demo-method", split, val, test, dev=dev, test_indices=idx,
                           train_seconds=1.0, score_seconds=0.5, params={"epochs": 1})
     assert entry["auroc"] > 0.9
+    # the development figure: validation normals (N(0, 1)) vs development anomalies (N(2, 1))
+    assert entry["dev"]["n_normal"] == len(split.val) == 12
+    assert entry["dev"]["n_anomalous"] == len(split.dev) > 100
+    assert 0.8 < entry["dev"]["auroc"] < 1.0
     data = json.loads(run.metrics_path.read_text())
     assert data["n_train"] == len(split.train) and "demo-method" in data["methods"]
     assert set(data["methods"]["demo-method"]) == {
-        "auroc", "auprc", "f1", "threshold", "train_seconds", "score_seconds",
+        "auroc", "auprc", "f1", "threshold", "dev", "train_seconds", "score_seconds",
         "score_images_per_second", "params"}
     saved = load_scores(run, "demo-method")
     assert np.allclose(saved.test["part"], noise.numpy()) and len(saved.val["score"]) == 12
+    assert np.allclose(saved.dev["part"], 1.0) and len(saved.dev["score"]) == len(split.dev)
     assert "demo-method" in metrics_table(data)
     # a new split starts a fresh metrics file: old method entries would be stale
     write_split_sizes(run, load_one_class("digits", 1, image_size=16))

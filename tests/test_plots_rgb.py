@@ -80,7 +80,8 @@ def test_threshold_explorer_shows_the_misclassified_images_in_colour(rgb_split, 
     evaluate.write_split_sizes(run, rgb_split)
     test_scores = torch.zeros(len(rgb_split.test))  # everything looks normal: anomalies missed
     evaluate.finish_method(run, "flat", rgb_split, {"score": torch.ones(len(rgb_split.val))},
-                           {"score": test_scores}, test_indices=torch.arange(len(rgb_split.test)),
+                           {"score": test_scores}, dev={"score": torch.ones(len(rgb_split.dev))},
+                           test_indices=torch.arange(len(rgb_split.test)),
                            train_seconds=0.0, score_seconds=0.0, params={})
     shown = []
     monkeypatch.setattr(matplotlib.pyplot, "show", lambda: shown.append(matplotlib.pyplot.gcf()))

@@ -43,7 +43,8 @@ def make_run_folder(root: Path, methods=("ganomaly", "gradcon", "hybrid"), image
         else:
             val["score"] = sum(val[t] / (j + 1) for j, t in enumerate(terms))
             test["score"] = sum(test[t] / (j + 1) for j, t in enumerate(terms))
-        evaluate.finish_method(run, method, split, val, test, test_indices=index,
+        dev = {"score": torch.ones(len(split.dev)) * (k + 1)}
+        evaluate.finish_method(run, method, split, val, test, dev=dev, test_indices=index,
                                train_seconds=1.0 + k, score_seconds=0.5, params=params)
     return run, split
 

@@ -42,10 +42,13 @@ def test_notebooks_per_method():
     assert sweep.notebooks_for(["hybrid"]) == ["00_data_prep", "05_hybrid"]
 
 
-def _fake_metrics(folder: Path, dataset, c, seed, methods: dict):
-    entries = {m: {"auroc": a, "auprc": a, "f1": a / 2, "threshold": 0.0, "train_seconds": 2.0,
-                   "score_seconds": 1.0, "score_images_per_second": 1.0, "params": {}}
-               for m, a in methods.items()}
+def _fake_metrics(folder: Path, dataset, c, seed, methods: dict, *, dev=True):
+    entries = {m: {"auroc": a, "auprc": a, "f1": a / 2, "threshold": 0.0,
+                   "dev": {"auroc": a - 0.01, "auprc": a - 0.02, "n_normal": 1, "n_anomalous": 9},
+                   "train_seconds": 2.0, "score_seconds": 1.0, "score_images_per_second": 1.0,
+                   "params": {}} for m, a in methods.items()}
+    if not dev:  # an entry made before the development set
+        entries = {m: {k: v for k, v in e.items() if k != "dev"} for m, e in entries.items()}
     write_json(folder / "metrics.json", {"dataset": dataset, "normal_class": c, "seed": seed,
                                          "image_size": 16, "n_train": 1, "n_val": 1, "n_test": 2,
                                          "methods": entries})
@@ -196,8 +199,10 @@ def test_results_files_with_published_figures(tmp_path):
     assert list(table[0]) == list(results.CSV_COLUMNS)
     assert table[0] == {"dataset": "mnist", "class": "0", "seed": "0", "method": "gradcon",
                         "auroc": "0.9000", "auprc": "0.9000", "f1": "0.4500",
+                        "dev_auroc": "0.8900", "dev_auprc": "0.8800",
                         "train_seconds": "2.0", "score_seconds": "1.0"}
     md = (tmp_path / "results.md").read_text()
+    assert "(dev)" not in md
     assert "| 0 | 0.850 ± 0.050 | 0.900 ± 0.050 |  | 0.980 | 0.998 |  |" in md
     assert "| 1 | 0.600 ± 0.100 | 0.650 ± 0.100 |  | 0.997 | 0.999 |  |" in md
     assert "| **mean** | 0.725 ± 0.125 | 0.775 ± 0.125 |  | 0.988 | 0.998 |  |" in md
@@ -205,6 +210,25 @@ def test_results_files_with_published_figures(tmp_path):
     assert "GradCon: GradCon's 50/50 test" in md and "OCGAN: official train split" in md
     digits = results.results_markdown([], "digits", [0], [0])
     assert "No run of the sweep has finished" in digits
+    # --dev: each method's development figure beside its test figure, before the published ones
+    results.write_results("mnist", [0, 1], [0, 1], tmp_path, dev=True)
+    md = (tmp_path / "results.md").read_text()
+    assert "| class | gradcon | hybrid | gradcon (dev) | hybrid (dev) | AnoGAN" in md
+    assert "| 0 | 0.850 ± 0.050 | 0.900 ± 0.050 | 0.840 ± 0.050 | 0.890 ± 0.050 |  | 0.980 |" in md
+    assert "other classes' *training* images (no test image)" in md
+
+
+def test_entries_without_development_figures_run_again(tmp_path):
+    out, plan = tmp_path / "sw", _plan()
+    run = sweep.plan_runs("digits", [0], [0], out)[0]
+    _fake_metrics(run.folder, "digits", 0, 0, {"gradcon": 0.9}, dev=False)
+    _record(run.folder, plan, run, ["00_data_prep", "04_gradcon"])
+    assert sweep.method_status(evaluate.read_metrics(Run(run.folder)), run, "gradcon",
+                               plan(run)) == "missing"
+    _fake_metrics(run.folder, "digits", 0, 0, {"gradcon": 0.9})
+    _record(run.folder, plan, run, ["00_data_prep", "04_gradcon"])
+    assert sweep.method_status(evaluate.read_metrics(Run(run.folder)), run, "gradcon",
+                               plan(run)) == "same"
 
 
 def test_sweep_usage_errors_are_one_line(tmp_path):
