@@ -27,8 +27,7 @@ every fixed rule then scored below L_enc alone. No test image or label is involv
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +37,7 @@ from torch import nn
 
 from . import ganomaly, gradcon
 from .data import OneClassSplit
-from .evaluate import Standardizer
+from .fusion import COMBINATION_PREFIX, WEIGHTINGS, Combination, fit_combination, pseudo_anomalies
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .nets import GanomalyDiscriminator, GanomalyGenerator
 from .runs import Run
@@ -47,9 +46,6 @@ from .training import TrainingLoop
 METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
 TERMS = ("l_enc", "l_con", "l_adv", "l_grad")
-WEIGHTINGS = ("pseudo", "equal", "min_variance", "max")
-RULES = ("equal", "min_variance", "max")  # the rules `pseudo` chooses from, beside single terms
-COMBINATION_PREFIX = "combination/"  # the fitted combination in the checkpoint's `extra`
 ScoreTable = dict[str, torch.Tensor]
 
 
@@ -68,139 +64,6 @@ class HybridConfig(GanomalyConfig):
                              f"{', '.join(WEIGHTINGS)}")
         if self.score_batch_size < 1:
             raise ValueError(f"score_batch_size must be at least 1 (got {self.score_batch_size})")
-
-
-# ---------------------------------------------------------------------------------------------
-# The score combination, fitted on validation normals
-
-
-@dataclass(frozen=True)
-class Combination:
-    """Weights of standardised terms: score = sum_k w_k (t_k - mean_k) / std_k, with every mean,
-    standard deviation and weight taken from the validation normals; with `rule="max"` the
-    score is the largest weighted z-score instead of the sum."""
-
-    terms: tuple[str, ...]
-    scalers: tuple[Standardizer, ...]
-    weights: tuple[float, ...]
-    rule: str = "sum"  # sum | max
-
-    def standardized(self, table: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each term as z-scores of the validation normals."""
-        return {t: s(table[t].double()).float() for t, s in zip(self.terms, self.scalers,
-                                                                 strict=True)}
-
-    def __call__(self, table: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        z = self.standardized(table)
-        weighted = [w * z[t] for t, w in zip(self.terms, self.weights, strict=True)]
-        return torch.stack(weighted).amax(0) if self.rule == "max" else sum(weighted)
-
-    def describe(self) -> str:
-        parts = [f"{w:.3f}*z({t})" for t, w in zip(self.terms, self.weights, strict=True)
-                 if w or self.rule == "max"]
-        return f"max({', '.join(parts)})" if self.rule == "max" else " + ".join(parts)
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """(3, n_terms) float64 tensor for a checkpoint's `extra` (the order is TERMS')."""
-        rows = [[s.mean for s in self.scalers], [s.std for s in self.scalers], list(self.weights)]
-        return {COMBINATION_PREFIX + "stats": torch.tensor(rows, dtype=torch.float64),
-                COMBINATION_PREFIX + "max": torch.tensor(float(self.rule == "max"))}
-
-    @classmethod
-    def from_tensors(cls, extra: Mapping[str, torch.Tensor], terms: Sequence[str] = TERMS
-                     ) -> Combination | None:
-        stats = extra.get(COMBINATION_PREFIX + "stats")
-        if stats is None or not torch.isfinite(stats).all():
-            return None
-        mean, std, weights = stats.tolist()
-        rule = "max" if float(extra.get(COMBINATION_PREFIX + "max", 0.0)) else "sum"
-        return cls(tuple(terms), tuple(Standardizer(m, s) for m, s in zip(mean, std, strict=True)),
-                   tuple(weights), rule)
-
-
-def min_variance_weights(z: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
-    """Non-negative weights summing to one that minimise the variance of z @ w (z: (N, K)
-    standardised validation terms). Exact for small K: the unconstrained optimum
-    C_S^-1 1 / (1' C_S^-1 1) on every subset S of terms, the best one that is non-negative."""
-    k = z.shape[1]
-    cov = np.cov(z, rowvar=False).reshape(k, k) + ridge * np.eye(k)
-    best, best_var = np.full(k, 1.0 / k), np.inf
-    for size in range(1, k + 1):
-        for subset in itertools.combinations(range(k), size):
-            idx = list(subset)
-            w_s = np.linalg.solve(cov[np.ix_(idx, idx)], np.ones(size))
-            if w_s.sum() <= 0:
-                continue
-            w_s = w_s / w_s.sum()
-            if (w_s < 0).any():
-                continue
-            w = np.zeros(k)
-            w[idx] = w_s
-            var = float(w @ cov @ w)
-            if var < best_var - 1e-12:
-                best, best_var = w, var
-    return best
-
-
-def pseudo_anomalies(images: torch.Tensor) -> torch.Tensor:
-    """Stand-ins for anomalies made from normal images alone: each image turned by 90, 180 and
-    270 degrees and mirrored left-right and upside-down. They keep the normal class's strokes,
-    textures and intensities but not its shape, as images of another class do. Deterministic."""
-    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"pseudo_anomalies needs square images (N, C, H, H), got "
-                         f"{tuple(images.shape)}")
-    return torch.cat([torch.rot90(images, k, (2, 3)) for k in (1, 2, 3)]
-                     + [images.flip(3), images.flip(2)])
-
-
-def separation(values_normal: torch.Tensor, values_pseudo: torch.Tensor) -> float:
-    """AUROC of a score separating validation normals (0) from their pseudo-anomalies (1)."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.r_[np.zeros(len(values_normal)), np.ones(len(values_pseudo))]
-    values = torch.cat([values_normal, values_pseudo]).double().numpy()
-    return float(roc_auc_score(labels, values))
-
-
-def candidate_combinations(val_table: Mapping[str, torch.Tensor], terms: Sequence[str] = TERMS
-                           ) -> dict[str, Combination]:
-    """What `weighting="pseudo"` chooses from: each term alone, then the rules in RULES, all
-    fitted on the validation normals."""
-    scalers = tuple(Standardizer.fit(val_table[t]) for t in terms)
-    single = {f"{t} alone": Combination(tuple(terms), scalers, tuple(float(u == t) for u in terms))
-              for t in terms}
-    return single | {rule: fit_combination(val_table, terms, rule) for rule in RULES}
-
-
-def fit_combination(val_table: Mapping[str, torch.Tensor], terms: Sequence[str] = TERMS,
-                    weighting: str = "pseudo",
-                    pseudo_table: Mapping[str, torch.Tensor] | None = None) -> Combination:
-    """Standardise `terms` with the validation normals' statistics and weight them (see the
-    module docstring). `val_table` must hold validation normals only; `weighting="pseudo"`
-    also needs `pseudo_table`, the terms of their `pseudo_anomalies`, and returns the candidate
-    (`candidate_combinations`) that separates the two best (ties: the earlier candidate)."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting={weighting!r} is unknown; use one of {', '.join(WEIGHTINGS)}")
-    missing = [t for t in terms if t not in val_table]
-    if missing:
-        raise ValueError(f"the validation table lacks {missing}; score with hybrid.score first")
-    if weighting == "pseudo":
-        if pseudo_table is None:
-            raise ValueError("weighting='pseudo' needs pseudo_table: the terms of "
-                             "hybrid.pseudo_anomalies(validation images), scored like them")
-        candidates = candidate_combinations(val_table, terms)
-        auc = {name: separation(c(val_table), c(pseudo_table)) for name, c in candidates.items()}
-        return candidates[max(auc, key=auc.get)]  # max keeps the first of equal values
-    scalers = tuple(Standardizer.fit(val_table[t]) for t in terms)
-    z = np.stack([s(val_table[t].double()).numpy() for t, s in zip(terms, scalers, strict=True)],
-                 1)
-    if weighting == "max":  # each term counts in validation standard deviations
-        return Combination(tuple(terms), scalers, (1.0,) * len(terms), "max")
-    if weighting == "equal" or len(z) < 3:
-        weights = np.full(len(terms), 1.0 / len(terms))
-    else:
-        weights = min_variance_weights(z)
-    return Combination(tuple(terms), scalers, tuple(float(w) for w in weights))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +192,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
         val_table, val_z = score_with_latent(trained, split.val, combination=None)
         pseudo_table = (score_with_latent(trained, pseudo, combination=None)[0]
                         if config.weighting == "pseudo" else None)
-        trained.combination = fit_combination(val_table, weighting=config.weighting,
+        trained.combination = fit_combination(val_table, TERMS, weighting=config.weighting,
                                               pseudo_table=pseudo_table)
         for name in TERMS:
             loop.epoch_history.setdefault(f"val_{name}", []).append(float(val_table[name].mean()))
@@ -365,7 +228,7 @@ def load(run: Run, device: torch.device | str = "cpu", which: str = "best") -> T
                          history=checkpoint["history"].get("steps", {}),
                          epoch_history=checkpoint["history"].get("epochs", {}),
                          train_seconds=m.get("train_seconds", 0.0), reference=reference,
-                         combination=Combination.from_tensors(extra))
+                         combination=Combination.from_tensors(extra, TERMS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,41 +285,6 @@ def score(trained: TrainedHybrid, images, *, batch_size: int | None = None) -> S
 # Analysis (after the metrics: these read test classes or labels)
 
 
-def ablation(val_table: Mapping[str, torch.Tensor], test_table: Mapping[str, torch.Tensor],
-             test_labels, terms: Sequence[str] = TERMS,
-             pseudo_table: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
-    """Test AUROC of each term alone and of combinations (each fitted on validation only;
-    the `pseudo` rows only when `pseudo_table` is given): rows {"score", "weights", "auroc"}."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(test_labels).astype(int)
-    rows = []
-
-    def add(name: str, comb: Combination | None, values: torch.Tensor) -> None:
-        rows.append({"score": name, "weights": comb.describe() if comb else "",
-                     "auroc": float(roc_auc_score(labels, values.double().numpy()))})
-
-    for t in terms:
-        add(f"{t} alone", None, test_table[t])
-    subsets = {"GANomaly terms": [t for t in terms if t != "l_grad"],
-               "l_enc + l_grad": [t for t in ("l_enc", "l_grad") if t in terms],
-               "all terms": list(terms)}
-    for weighting in WEIGHTINGS:
-        if weighting == "pseudo" and pseudo_table is None:
-            continue
-        for name, subset in subsets.items():
-            comb = fit_combination(val_table, subset, weighting, pseudo_table)
-            add(f"{name} ({weighting})", comb, comb(test_table))
-    return rows
-
-
-def ablation_markdown(rows: Sequence[Mapping]) -> str:
-    """The ablation as a Markdown table."""
-    lines = ["| score | weights (fitted on validation normals) | test AUROC |", "|---|---|---|"]
-    lines += [f"| {r['score']} | {r['weights']} | {r['auroc']:.4f} |" for r in rows]
-    return "\n".join(lines)
-
-
 def gradient_features(trained: TrainedHybrid, images: torch.Tensor, *, layer: int = -1,
                       batch_size: int = 128) -> torch.Tensor:
     """Per-image dMSE/dW of one decoder transposed-conv weight (default: the last), flattened
@@ -491,7 +319,6 @@ def cluster_agreement(features, classes, *, n_clusters: int | None = None, seed:
     return float(adjusted_rand_score(classes, clusters)), clusters
 
 
-__all__ = ["Combination", "HybridConfig", "Reconstructor", "TERMS", "TrainedHybrid", "ablation",
-           "ablation_markdown", "cluster_agreement", "fit_combination", "gradient_features",
-           "gradient_layers", "hybrid_step", "load", "min_variance_weights", "score",
+__all__ = ["HybridConfig", "Reconstructor", "TERMS", "TrainedHybrid", "cluster_agreement",
+           "gradient_features", "gradient_layers", "hybrid_step", "load", "score",
            "score_with_latent", "train"]

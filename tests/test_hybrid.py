@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import anogan_guide as ag
+from anogan_guide import fusion
 from anogan_guide import hybrid as hy
 
 TINY = dict(batch_size=32, width=8, latent_dim=16, lr=1e-3, min_steps_per_epoch=0)
@@ -129,49 +130,49 @@ def test_combination_weights_from_validation():
     val = {"a": torch.tensor(base + 0.1 * rng.normal(size=2000)),
            "b": torch.tensor(base + 0.1 * rng.normal(size=2000)),  # nearly a copy of a
            "c": torch.tensor(5 + 3 * rng.normal(size=2000))}  # independent
-    equal = hy.fit_combination(val, ("a", "b", "c"), "equal")
+    equal = fusion.fit_combination(val, ("a", "b", "c"), "equal")
     assert equal.weights == pytest.approx((1 / 3,) * 3)
-    mv = hy.fit_combination(val, ("a", "b", "c"), "min_variance")
+    mv = fusion.fit_combination(val, ("a", "b", "c"), "min_variance")
     w = np.array(mv.weights)
     assert (w >= 0).all() and w.sum() == pytest.approx(1)
     # the redundant pair shares the weight that the independent term gets alone
     assert w[0] + w[1] == pytest.approx(w[2], abs=0.05)
     assert float(mv(val).var()) < float(equal(val).var())
     assert float(equal.standardized(val)["c"].mean()) == pytest.approx(0, abs=1e-6)
-    largest = hy.fit_combination(val, ("a", "b", "c"), "max")
+    largest = fusion.fit_combination(val, ("a", "b", "c"), "max")
     z = largest.standardized(val)
     torch.testing.assert_close(largest(val), torch.stack([z["a"], z["b"], z["c"]]).amax(0))
-    assert hy.Combination.from_tensors(largest.to_tensors(), ("a", "b", "c")) == largest
-    assert hy.Combination.from_tensors(mv.to_tensors(), ("a", "b", "c")) == mv
+    assert fusion.Combination.from_tensors(largest.to_tensors(), ("a", "b", "c")) == largest
+    assert fusion.Combination.from_tensors(mv.to_tensors(), ("a", "b", "c")) == mv
     with pytest.raises(ValueError, match="weighting"):
-        hy.fit_combination(val, ("a",), "test_auroc")
+        fusion.fit_combination(val, ("a",), "test_auroc")
     with pytest.raises(ValueError, match="lacks"):
-        hy.fit_combination(val, ("a", "l_grad"))
+        fusion.fit_combination(val, ("a", "l_grad"))
 
 
 def test_pseudo_anomalies_and_the_choice_they_make():
     x = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
-    pseudo = hy.pseudo_anomalies(x)
+    pseudo = fusion.pseudo_anomalies(x)
     assert pseudo.shape == (10, 1, 3, 3)
     torch.testing.assert_close(pseudo[0, 0], x[0, 0].rot90(1))  # turned 90 degrees
     torch.testing.assert_close(pseudo[8, 0], x[0, 0].flip(0))  # upside-down
     with pytest.raises(ValueError, match="square"):
-        hy.pseudo_anomalies(torch.zeros(2, 1, 3, 4))
+        fusion.pseudo_anomalies(torch.zeros(2, 1, 3, 4))
     # term a rises for the pseudo-anomalies, b does not, c falls: "a alone" separates best
     rng = np.random.default_rng(1)
     val = {t: torch.tensor(rng.normal(size=300)) for t in "abc"}
     shifted = {"a": 2.0, "b": 0.0, "c": -2.0}
     pseudo_table = {t: torch.tensor(rng.normal(size=500) + shifted[t]) for t in "abc"}
-    chosen = hy.fit_combination(val, ("a", "b", "c"), "pseudo", pseudo_table)
+    chosen = fusion.fit_combination(val, ("a", "b", "c"), "pseudo", pseudo_table)
     assert chosen.weights == (1.0, 0.0, 0.0) and chosen.rule == "sum"
     assert chosen.describe() == "1.000*z(a)"
-    assert set(hy.candidate_combinations(val, ("a", "b", "c"))) == {
+    assert set(fusion.candidate_combinations(val, ("a", "b", "c"))) == {
         "a alone", "b alone", "c alone", "equal", "min_variance", "max"}
     # when two terms rise together, their sum separates better than either alone
     pseudo_table["b"] = pseudo_table["b"] + 2.0
-    assert hy.fit_combination(val, ("a", "b"), "pseudo", pseudo_table).weights == (0.5, 0.5)
+    assert fusion.fit_combination(val, ("a", "b"), "pseudo", pseudo_table).weights == (0.5, 0.5)
     with pytest.raises(ValueError, match="pseudo_table"):
-        hy.fit_combination(val, ("a", "b"), "pseudo")
+        fusion.fit_combination(val, ("a", "b"), "pseudo")
 
 
 def test_config_errors():
@@ -190,7 +191,7 @@ def test_cluster_agreement_and_ablation():
     val = {t: torch.randn(200) for t in hy.TERMS}
     labels = np.r_[np.zeros(100), np.ones(100)]
     test = {t: torch.randn(200) + 3 * torch.tensor(labels) * (t == "l_con") for t in hy.TERMS}
-    rows = {r["score"]: r["auroc"] for r in hy.ablation(val, test, labels)}
+    rows = {r["score"]: r["auroc"] for r in fusion.ablation(val, test, labels, hy.TERMS)}
     assert rows["l_con alone"] > 0.95 and 0.3 < rows["l_enc alone"] < 0.7
-    assert "all terms (equal)" in rows and "| score |" in hy.ablation_markdown(
-        hy.ablation(val, test, labels))
+    assert "all terms (equal)" in rows and "| score |" in fusion.ablation_markdown(
+        fusion.ablation(val, test, labels, hy.TERMS))
