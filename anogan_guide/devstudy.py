@@ -1,0 +1,187 @@
+"""Choosing the guidebook's defaults on the development split, never on the test set.
+
+    python -m anogan_guide.devstudy --dataset mnist --classes 0-9 --seeds 0 --out results/mnist
+
+reads a sweep's run folders — the validation and development parts of each method's score
+file (`scores/<method>.npz`: `val/...`, `dev/...`) and GANomaly's per-epoch history — and
+writes DIR/dev-study.md: for every default the guidebook ships that can be judged from saved
+scores, the mean development AUROC (validation normals vs other classes' training images) of
+each candidate value, over the sweep's classes and seeds. The test part of a score file is never
+read. Each candidate is a rule that is fitted on the validation normals of its run (as the
+notebooks fit it) and then applied to the validation and development scores.
+
+The candidates:
+* GradCon's `grad_weight`: score = mse + w * l_grad (the paper's 0.12 among them).
+* AnoGAN's `lam`: score = (1 - lam) * residual + lam * discrimination (the paper's 0.1 among them).
+* The hybrid's score: each term alone, and every rule of `fusion` over several sets of terms.
+* GANomaly's best-epoch criterion `select`: the development AUROC of the epoch each criterion
+  picks (training records it per epoch for this study; it never selects on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .evaluate import dev_metrics, read_metrics
+from .fusion import RULES, fit_combination
+from .runs import Run, atomic_path
+from .sweep import SweepError, parse_list, plan_runs, split_matches
+
+Table = Mapping[str, torch.Tensor]
+Rule = Callable[[Table], Callable[[Table], torch.Tensor]]  # fitted on val -> scores a table
+
+GRAD_WEIGHTS = (0.0, 0.03, 0.06, 0.12, 0.25, 0.5, 1.0)
+LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.5, 0.9)
+HYBRID_TERM_SETS = {"GANomaly terms": ("l_enc", "l_con", "l_adv"),
+                    "l_enc + l_grad": ("l_enc", "l_grad"),
+                    "l_enc + mse + l_grad": ("l_enc", "mse", "l_grad"),
+                    "all four terms": ("l_enc", "l_con", "l_adv", "l_grad"),
+                    "all five terms": ("l_enc", "l_con", "l_adv", "l_grad", "mse")}
+SELECT_CRITERIA = ("l_enc_rel", "l_enc", "l_con", "last")
+
+
+def _fixed(fn: Callable[[Table], torch.Tensor]) -> Rule:
+    return lambda val: fn
+
+
+def _fused(terms: Sequence[str], rule: str) -> Rule:
+    return lambda val: fit_combination(val, terms, rule)
+
+
+def score_rules(method: str) -> dict[str, Rule]:
+    """The candidate scores of a method, by name."""
+    if method == "gradcon":
+        return {f"grad_weight {w:g}": _fixed(lambda t, w=w: t["mse"] + w * t["l_grad"])
+                for w in GRAD_WEIGHTS}
+    if method in ("anogan", "anogan-wgangp", "fanogan", "fanogan-refine"):
+        return {f"lam {lam:g}": _fixed(lambda t, lam=lam: (1 - lam) * t["residual"]
+                                       + lam * t["discrimination"]) for lam in LAMBDAS}
+    if method == "hybrid":
+        rules: dict[str, Rule] = {f"{t} alone": _fixed(lambda table, t=t: table[t])
+                                  for t in HYBRID_TERM_SETS["all five terms"]}
+        for name, terms in HYBRID_TERM_SETS.items():
+            rules |= {f"{name} ({rule})": _fused(terms, rule) for rule in RULES}
+        return rules
+    raise ValueError(f"no score rules to study for {method!r}; use gradcon, anogan, fanogan or "
+                     f"hybrid")
+
+
+def _dev_parts(folder: Path, method: str) -> tuple[dict, dict] | None:
+    """The validation and development score tables of one run (the test part is not read)."""
+    path = folder / "scores" / f"{method}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        val = {k[4:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("val/")}
+        dev = {k[4:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("dev/")}
+    return (val, dev) if dev else None
+
+
+def study_score_rules(folders: Sequence[Path], method: str) -> dict[str, list[float]]:
+    """Per candidate rule, the development AUROC of every run that has the method's scores."""
+    rules = score_rules(method)
+    out: dict[str, list[float]] = {name: [] for name in rules}
+    for folder in folders:
+        parts = _dev_parts(folder, method)
+        if parts is None:
+            continue
+        val, dev = parts
+        for name, rule in rules.items():
+            fitted = rule(val)
+            out[name].append(dev_metrics(fitted(val), fitted(dev))["auroc"])
+    return out
+
+
+def study_select(folders: Sequence[Path], method: str = "ganomaly") -> dict[str, list[float]]:
+    """Per best-epoch criterion, the development AUROC of the epoch it picks, from the training
+    history of each run's last checkpoint (`dev_auroc` per epoch, recorded by training)."""
+    from .runs import read_checkpoint
+
+    out: dict[str, list[float]] = {c: [] for c in SELECT_CRITERIA}
+    for folder in folders:
+        path = Run(folder).model_saves / f"{method}_last.pt"
+        if not path.is_file():
+            continue
+        epochs = read_checkpoint(path, map_location="cpu")["history"].get("epochs", {})
+        dev = epochs.get("dev_auroc")
+        if not dev:
+            continue
+        for criterion in SELECT_CRITERIA:
+            if criterion == "last":
+                out[criterion].append(dev[-1])
+            else:
+                values = epochs[f"val_{criterion}"]
+                out[criterion].append(dev[int(np.argmin(values))])  # the first of equal minima
+    return out
+
+
+def _markdown(title: str, results: dict[str, list[float]], default: str) -> list[str]:
+    done = {k: v for k, v in results.items() if v}
+    if not done:
+        return []
+    best = max(done, key=lambda k: np.mean(done[k]))
+    n = len(next(iter(done.values())))
+    lines = [f"### {title}", "", f"{n} runs. Mean development AUROC (± std over runs); "
+             f"**bold**: the highest; (default): what the guidebook ships.", "",
+             "| candidate | dev AUROC | lowest run |", "|---|---|---|"]
+    for name, values in done.items():
+        v = np.asarray(values)
+        label = f"**{name}**" if name == best else name
+        label += " (default)" if name == default else ""
+        lines.append(f"| {label} | {v.mean():.4f} ± {v.std():.4f} | {v.min():.4f} |")
+    return lines + [""]
+
+
+def study(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path,
+          defaults: Mapping[str, str] | None = None) -> str:
+    """dev-study.md's text for the sweep at `out`."""
+    defaults = {"gradcon": "grad_weight 0.12", "anogan": "lam 0.1", "fanogan": "lam 0.1",
+                "hybrid": "", "ganomaly": "l_enc_rel", **(defaults or {})}
+    folders = [r.folder for r in plan_runs(dataset, classes, seeds, out)
+               if split_matches(r, read_metrics(Run(r.folder)))]
+    lines = [f"# Development study: {dataset}", "",
+             f"Classes {', '.join(map(str, classes))}; seeds {', '.join(map(str, seeds))}. "
+             f"Development AUROC: the validation normals against other classes' training images "
+             f"(no test image is read). Written by `python -m anogan_guide.devstudy`.", ""]
+    sections = [("GradCon: grad_weight (score = mse + w * l_grad)", "gradcon",
+                 study_score_rules(folders, "gradcon")),
+                ("AnoGAN search: lam", "anogan", study_score_rules(folders, "anogan")),
+                ("f-AnoGAN encoder: lam", "fanogan", study_score_rules(folders, "fanogan")),
+                ("Hybrid: the score", "hybrid", study_score_rules(folders, "hybrid")),
+                ("GANomaly: best-epoch criterion (select)", "ganomaly",
+                 study_select(folders, "ganomaly"))]
+    for title, method, results in sections:
+        lines += _markdown(title, results, defaults[method])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m anogan_guide.devstudy",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--classes", default="0-9")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--out", required=True, help="the sweep folder")
+    args = parser.parse_args(argv)
+    try:
+        classes = parse_list(args.classes, "class", integers=args.dataset != "folder")
+        seeds = parse_list(args.seeds, "seed")
+    except SweepError as err:
+        print(f"devstudy: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    text = study(args.dataset, classes, seeds, out)
+    with atomic_path(out / "dev-study.md") as tmp:
+        tmp.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The development study: candidate defaults judged on validation + development scores only."""
+
+import numpy as np
+import torch
+
+from anogan_guide import devstudy, evaluate, open_run, sweep
+from anogan_guide.runs import save_checkpoint, write_json
+from anogan_guide.sweep import plan_runs
+
+
+def _write(folder, method, val, dev, test):
+    run = open_run(folder)
+    n = len(next(iter(test.values())))
+    evaluate.save_scores(run, method, val, test, dev=dev, test_labels=torch.zeros(n),
+                         test_classes=torch.zeros(n), test_indices=torch.arange(n))
+
+
+def _sweep_folders(tmp_path, n_runs=3):
+    runs = plan_runs("digits", list(range(n_runs)), [0], tmp_path)
+    for r in runs:
+        write_json(r.folder / "metrics.json", {"dataset": "digits", "seed": 0,
+                                                       "normal_class": r.normal_class})
+    return runs
+
+
+def test_grad_weight_is_judged_on_development_scores_and_the_test_part_is_never_read(tmp_path):
+    runs = _sweep_folders(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    for r in runs:
+        # the gradient term separates normals from development anomalies, the MSE does not
+        val = {"mse": torch.rand(50, generator=g) * 0.1, "l_grad": torch.randn(50, generator=g) * 0.1}
+        dev = {"mse": torch.rand(200, generator=g) * 0.1,
+               "l_grad": torch.randn(200, generator=g) * 0.1 + 0.3}
+        test = {"mse": torch.full((20,), float("nan")), "l_grad": torch.full((20,), float("nan"))}
+        _write(r.folder, "gradcon", val, dev, test)
+    results = devstudy.study_score_rules([r.folder for r in runs], "gradcon")
+    means = {k: np.mean(v) for k, v in results.items()}
+    assert all(len(v) == 3 for v in results.values())
+    assert 0.4 < means["grad_weight 0"] < 0.6 and means["grad_weight 1"] > 0.95
+    assert max(means, key=means.get) == "grad_weight 1"
+    text = devstudy.study("digits", [0, 1, 2], [0], tmp_path)
+    assert "| **grad_weight 1** |" in text and "| grad_weight 0.12 (default) |" in text
+    assert "nan" not in text
+
+
+def test_hybrid_rules_are_fitted_on_validation_and_runs_without_dev_are_left_out(tmp_path):
+    runs = _sweep_folders(tmp_path, 2)
+    g = torch.Generator().manual_seed(1)
+    terms = devstudy.HYBRID_TERM_SETS["all five terms"]
+    val = {t: torch.randn(40, generator=g) for t in terms}
+    dev = {t: torch.randn(80, generator=g) + 4.0 * (t == "l_grad") for t in terms}
+    _write(runs[0].folder, "hybrid", val, dev, {t: torch.zeros(5) for t in terms})
+    _write(runs[1].folder, "hybrid", val, {}, {t: torch.zeros(5) for t in terms})  # no dev part
+    results = devstudy.study_score_rules([r.folder for r in runs], "hybrid")
+    assert all(len(v) == 1 for v in results.values())
+    assert results["l_grad alone"][0] > 0.99 and results["l_enc alone"][0] < 0.7
+    assert results["l_enc + l_grad (max)"][0] > 0.95
+
+
+def test_select_criteria_read_the_per_epoch_development_auroc(tmp_path):
+    runs = _sweep_folders(tmp_path, 1)
+    history = {"epochs": {"val_l_enc_rel": [0.5, 0.2, 0.3], "val_l_enc": [0.1, 0.2, 0.3],
+                          "val_l_con": [0.3, 0.2, 0.1], "dev_auroc": [0.7, 0.9, 0.8]}}
+    save_checkpoint(open_run(runs[0].folder).model_saves / "ganomaly_last.pt", method="ganomaly",
+                    config={}, epoch=3, models={}, optimizers={}, rng={}, history=history)
+    assert devstudy.study_select([runs[0].folder]) == {
+        "l_enc_rel": [0.9], "l_enc": [0.7], "l_con": [0.8], "last": [0.8]}
+
+
+def test_cli_writes_dev_study_md(tmp_path, capsys):
+    runs = _sweep_folders(tmp_path, 1)
+    _write(runs[0].folder, "gradcon", {"mse": torch.rand(10), "l_grad": torch.rand(10)},
+           {"mse": torch.rand(30) + 1, "l_grad": torch.rand(30)}, {"mse": torch.zeros(3),
+                                                                  "l_grad": torch.zeros(3)})
+    assert devstudy.main(["--dataset", "digits", "--classes", "0", "--out", str(tmp_path)]) == 0
+    assert "GradCon: grad_weight" in (tmp_path / "dev-study.md").read_text()
+    assert devstudy.main(["--classes", "x", "--out", str(tmp_path)]) == 2
+    assert "devstudy: error:" in capsys.readouterr().err
+    assert sweep.parse_list("0-2", "class") == [0, 1, 2]
