@@ -13,7 +13,9 @@ notebooks fit it) and then applied to the validation and development scores.
 The candidates:
 * GradCon's `grad_weight`: score = mse + w * l_grad (the paper's 0.12 among them).
 * AnoGAN's `lam`: score = (1 - lam) * residual + lam * discrimination (the paper's 0.1 among them).
-* The hybrid's score: each term alone, and every rule of `fusion` over several sets of terms.
+* The hybrid's score: each term alone, and every rule of `fusion` over several sets of terms
+  (`hybrid.candidate_scores`, as in its notebook's ablation; `pseudo` needs the model and is
+  read from the runs' own development figures when they used it).
 * GANomaly's best-epoch criterion `select`: the development AUROC of the epoch each criterion
   picks (training records it per epoch for this study; it never selects on it).
 """
@@ -29,7 +31,8 @@ import numpy as np
 import torch
 
 from .evaluate import dev_metrics, read_metrics
-from .fusion import RULES, fit_combination
+from .fusion import fit_combination
+from .hybrid import candidate_scores
 from .runs import Run, atomic_path
 from .sweep import SweepError, parse_list, plan_runs, split_matches
 
@@ -38,11 +41,6 @@ Rule = Callable[[Table], Callable[[Table], torch.Tensor]]  # fitted on val -> sc
 
 GRAD_WEIGHTS = (0.0, 0.03, 0.06, 0.12, 0.25, 0.5, 1.0)
 LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.5, 0.9)
-HYBRID_TERM_SETS = {"GANomaly terms": ("l_enc", "l_con", "l_adv"),
-                    "l_enc + l_grad": ("l_enc", "l_grad"),
-                    "l_enc + mse + l_grad": ("l_enc", "mse", "l_grad"),
-                    "all four terms": ("l_enc", "l_con", "l_adv", "l_grad"),
-                    "all five terms": ("l_enc", "l_con", "l_adv", "l_grad", "mse")}
 SELECT_CRITERIA = ("l_enc_rel", "l_enc", "l_con", "last")
 
 
@@ -62,12 +60,10 @@ def score_rules(method: str) -> dict[str, Rule]:
     if method in ("anogan", "anogan-wgangp", "fanogan", "fanogan-refine"):
         return {f"lam {lam:g}": _fixed(lambda t, lam=lam: (1 - lam) * t["residual"]
                                        + lam * t["discrimination"]) for lam in LAMBDAS}
-    if method == "hybrid":
-        rules: dict[str, Rule] = {f"{t} alone": _fixed(lambda table, t=t: table[t])
-                                  for t in HYBRID_TERM_SETS["all five terms"]}
-        for name, terms in HYBRID_TERM_SETS.items():
-            rules |= {f"{name} ({rule})": _fused(terms, rule) for rule in RULES}
-        return rules
+    if method == "hybrid":  # the ablation's candidates (`pseudo` needs the model: not here)
+        return {name: _fixed(lambda t, term=terms[0]: t[term]) if weighting is None
+                else _fused(terms, weighting)
+                for name, (terms, weighting) in candidate_scores(with_pseudo=False).items()}
     raise ValueError(f"no score rules to study for {method!r}; use gradcon, anogan, fanogan or "
                      f"hybrid")
 
@@ -95,6 +91,20 @@ def study_score_rules(folders: Sequence[Path], method: str) -> dict[str, list[fl
         for name, rule in rules.items():
             fitted = rule(val)
             out[name].append(dev_metrics(fitted(val), fitted(dev))["auroc"])
+    return out
+
+
+def study_recorded(folders: Sequence[Path], method: str) -> dict[str, list[float]]:
+    """The development AUROC each run recorded for the method's score as it was run, under a
+    name that says how it was scored (the hybrid's weighting and terms)."""
+    out: dict[str, list[float]] = {}
+    for folder in folders:
+        entry = read_metrics(Run(folder)).get("methods", {}).get(method)
+        if not entry or not entry.get("dev"):
+            continue
+        p = entry["params"]
+        name = f"as run: {p.get('score_terms', 'l_enc,l_con,l_adv,l_grad')} ({p.get('weighting')})"
+        out.setdefault(name, []).append(entry["dev"]["auroc"])
     return out
 
 
@@ -153,7 +163,8 @@ def study(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path,
                  study_score_rules(folders, "gradcon")),
                 ("AnoGAN search: lam", "anogan", study_score_rules(folders, "anogan")),
                 ("f-AnoGAN encoder: lam", "fanogan", study_score_rules(folders, "fanogan")),
-                ("Hybrid: the score", "hybrid", study_score_rules(folders, "hybrid")),
+                ("Hybrid: the score", "hybrid", study_recorded(folders, "hybrid")
+                 | study_score_rules(folders, "hybrid")),
                 ("GANomaly: best-epoch criterion (select)", "ganomaly",
                  study_select(folders, "ganomaly"))]
     for title, method, results in sections:

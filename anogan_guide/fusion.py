@@ -155,41 +155,43 @@ def fit_combination(val_table: Mapping[str, torch.Tensor], terms: Sequence[str],
     return Combination(tuple(terms), scalers, tuple(float(w) for w in weights))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Analysis (after the metrics: reads test labels)
 
 
 def ablation(val_table: Mapping[str, torch.Tensor], test_table: Mapping[str, torch.Tensor],
-             test_labels, terms: Sequence[str],
+             test_labels, candidates: Mapping[str, tuple[Sequence[str], str | None]], *,
+             dev_table: Mapping[str, torch.Tensor] | None = None,
              pseudo_table: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
-    """Test AUROC of each term alone and of combinations (each fitted on validation only;
-    the `pseudo` rows only when `pseudo_table` is given): rows {"score", "weights", "auroc"}."""
+    """Development and test AUROC of candidate scores, each fitted on the validation normals:
+    `candidates` maps a name to (terms, weighting), weighting None for a single term alone.
+    `pseudo` candidates need `pseudo_table` (left out without one); the development AUROC
+    (validation normals vs `dev_table`) only with a `dev_table`. Rows {"score", "weights",
+    "dev_auroc", "auroc"}."""
     from sklearn.metrics import roc_auc_score
+
+    from .evaluate import dev_metrics
 
     labels = np.asarray(test_labels).astype(int)
     rows = []
-
-    def add(name: str, comb: Combination | None, values: torch.Tensor) -> None:
-        rows.append({"score": name, "weights": comb.describe() if comb else "",
-                     "auroc": float(roc_auc_score(labels, values.double().numpy()))})
-
-    for t in terms:
-        add(f"{t} alone", None, test_table[t])
-    subsets = {"GANomaly terms": [t for t in terms if t != "l_grad"],
-               "l_enc + l_grad": [t for t in ("l_enc", "l_grad") if t in terms],
-               "all terms": list(terms)}
-    for weighting in WEIGHTINGS:
+    for name, (terms, weighting) in candidates.items():
         if weighting == "pseudo" and pseudo_table is None:
             continue
-        for name, subset in subsets.items():
-            comb = fit_combination(val_table, subset, weighting, pseudo_table)
-            add(f"{name} ({weighting})", comb, comb(test_table))
+        comb = None if weighting is None else fit_combination(val_table, terms, weighting,
+                                                              pseudo_table)
+        scores = (lambda t: t[terms[0]]) if comb is None else comb  # noqa: B023 (used at once)
+        dev = dev_metrics(scores(val_table), scores(dev_table)) if dev_table else None
+        rows.append({"score": name, "weights": comb.describe() if comb else "",
+                     "dev_auroc": dev["auroc"] if dev else None,
+                     "auroc": float(roc_auc_score(labels, scores(test_table).double().numpy()))})
     return rows
 
 
 def ablation_markdown(rows: Sequence[Mapping]) -> str:
     """The ablation as a Markdown table."""
-    lines = ["| score | weights (fitted on validation normals) | test AUROC |", "|---|---|---|"]
-    lines += [f"| {r['score']} | {r['weights']} | {r['auroc']:.4f} |" for r in rows]
+    lines = ["| score | weights (fitted on validation normals) | dev AUROC | test AUROC |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['score']} | {r['weights']} | "
+              f"{'–' if r['dev_auroc'] is None else format(r['dev_auroc'], '.4f')} | "
+              f"{r['auroc']:.4f} |" for r in rows]
     return "\n".join(lines)

@@ -45,7 +45,20 @@ from .training import TrainingLoop
 
 METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
-TERMS = ("l_enc", "l_con", "l_adv", "l_grad")
+TERMS = ("l_enc", "l_con", "l_adv", "l_grad")  # the training losses, each also a per-image term
+SCORE_TERMS = (*TERMS, "mse")  # what a score may combine (mse: GradCon's reconstruction term)
+TERM_SETS = {"GANomaly terms": ("l_enc", "l_con", "l_adv"), "l_enc + l_grad": ("l_enc", "l_grad"),
+             "l_enc + mse + l_grad": ("l_enc", "mse", "l_grad"), "all four terms": TERMS,
+             "all five terms": SCORE_TERMS}
+
+
+def candidate_scores(with_pseudo: bool = True) -> dict[str, tuple[tuple[str, ...], str | None]]:
+    """The scores the hybrid's ablation and the development study compare: each term alone
+    (weighting None), and every weighting of `fusion` over each of TERM_SETS."""
+    weightings = WEIGHTINGS if with_pseudo else tuple(w for w in WEIGHTINGS if w != "pseudo")
+    single = {f"{t} alone": ((t,), None) for t in SCORE_TERMS}
+    return single | {f"{name} ({w})": (terms, w) for name, terms in TERM_SETS.items()
+                     for w in weightings}
 ScoreTable = dict[str, torch.Tensor]
 
 
@@ -55,10 +68,20 @@ class HybridConfig(GanomalyConfig):
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
     weighting: str = "pseudo"  # how the standardised terms combine: pseudo | equal | min_variance | max
+    score_terms: str = "l_enc,l_con,l_adv,l_grad"  # the terms the score combines (of SCORE_TERMS)
     score_batch_size: int = 256  # images per batched scoring pass
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The score's terms, in order."""
+        return tuple(t.strip() for t in self.score_terms.split(",") if t.strip())
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        unknown = [t for t in self.terms if t not in SCORE_TERMS]
+        if unknown or not self.terms:
+            raise ValueError(f"score_terms={self.score_terms!r}: use a comma-separated list of "
+                             f"{', '.join(SCORE_TERMS)}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting={self.weighting!r} is unknown; use one of "
                              f"{', '.join(WEIGHTINGS)}")
@@ -134,11 +157,11 @@ def hybrid_step(g: GanomalyGenerator, d: GanomalyDiscriminator, opt_g: torch.opt
 
 
 def _extra(reference: Mapping[str, torch.Tensor], steps: torch.Tensor,
-           combination: Combination | None) -> dict[str, torch.Tensor]:
+           combination: Combination | None, n_terms: int) -> dict[str, torch.Tensor]:
     extra = {gradcon.REF_PREFIX + k: v for k, v in reference.items()}
     extra[gradcon.REF_STEPS] = steps
     if combination is None:  # placeholders until the first epoch's validation scores
-        return extra | {COMBINATION_PREFIX + "stats": torch.full((3, len(TERMS)), float("nan"),
+        return extra | {COMBINATION_PREFIX + "stats": torch.full((3, n_terms), float("nan"),
                                                                  dtype=torch.float64),
                         COMBINATION_PREFIX + "max": torch.tensor(0.0)}
     return extra | combination.to_tensors()
@@ -164,7 +187,8 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
                         models={"generator": g, "discriminator": d},
                         optimizers={"generator": opt_g, "discriminator": opt_d},
                         epochs=config.epochs, resume=config.resume, arch_keys=ganomaly.ARCH_KEYS,
-                        generators=(shuffle,), extra=_extra(reference, steps, None))
+                        generators=(shuffle,),
+                        extra=_extra(reference, steps, None, len(config.terms)))
     # after a resume the loop holds the restored tensors: train on those
     reference = {k: loop.extra[gradcon.REF_PREFIX + k].to(device) for k in reference}
     steps = loop.extra[gradcon.REF_STEPS]
@@ -192,7 +216,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
         val_table, val_z = score_with_latent(trained, split.val, combination=None)
         pseudo_table = (score_with_latent(trained, pseudo, combination=None)[0]
                         if config.weighting == "pseudo" else None)
-        trained.combination = fit_combination(val_table, TERMS, weighting=config.weighting,
+        trained.combination = fit_combination(val_table, config.terms, weighting=config.weighting,
                                               pseudo_table=pseudo_table)
         for name in TERMS:
             loop.epoch_history.setdefault(f"val_{name}", []).append(float(val_table[name].mean()))
@@ -228,7 +252,7 @@ def load(run: Run, device: torch.device | str = "cpu", which: str = "best") -> T
                          history=checkpoint["history"].get("steps", {}),
                          epoch_history=checkpoint["history"].get("epochs", {}),
                          train_seconds=m.get("train_seconds", 0.0), reference=reference,
-                         combination=Combination.from_tensors(extra, TERMS))
+                         combination=Combination.from_tensors(extra, config.terms))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +343,7 @@ def cluster_agreement(features, classes, *, n_clusters: int | None = None, seed:
     return float(adjusted_rand_score(classes, clusters)), clusters
 
 
-__all__ = ["HybridConfig", "Reconstructor", "TERMS", "TrainedHybrid", "cluster_agreement",
+__all__ = ["HybridConfig", "Reconstructor", "SCORE_TERMS", "TERMS", "TERM_SETS",
+           "candidate_scores", "TrainedHybrid", "cluster_agreement",
            "gradient_features", "gradient_layers", "hybrid_step", "load", "score",
            "score_with_latent", "train"]

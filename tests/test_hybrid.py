@@ -188,10 +188,15 @@ def test_cluster_agreement_and_ablation():
     features = rng.normal(size=(150, 4)) * 0.1 + np.eye(4)[classes] * 5
     ari, clusters = hy.cluster_agreement(features, classes)
     assert ari == pytest.approx(1.0) and clusters.shape == (150,)
-    val = {t: torch.randn(200) for t in hy.TERMS}
     labels = np.r_[np.zeros(100), np.ones(100)]
-    test = {t: torch.randn(200) + 3 * torch.tensor(labels) * (t == "l_con") for t in hy.TERMS}
-    rows = {r["score"]: r["auroc"] for r in fusion.ablation(val, test, labels, hy.TERMS)}
-    assert rows["l_con alone"] > 0.95 and 0.3 < rows["l_enc alone"] < 0.7
-    assert "all terms (equal)" in rows and "| score |" in fusion.ablation_markdown(
-        fusion.ablation(val, test, labels, hy.TERMS))
+    candidates = hy.candidate_scores()
+    dev = {t: torch.randn(100) + 3 * (t == "l_con") for t in hy.SCORE_TERMS}
+    val = {t: torch.randn(200) for t in hy.SCORE_TERMS}
+    test = {t: torch.randn(200) + 3 * torch.tensor(labels) * (t == "l_con") for t in hy.SCORE_TERMS}
+    rows = {r["score"]: r for r in fusion.ablation(val, test, labels, candidates, dev_table=dev)}
+    assert rows["l_con alone"]["auroc"] > 0.95 and 0.3 < rows["l_enc alone"]["auroc"] < 0.7
+    assert rows["l_con alone"]["dev_auroc"] > 0.95
+    assert "all four terms (equal)" in rows and "all four terms (pseudo)" not in rows
+    text = fusion.ablation_markdown(fusion.ablation(val, test, labels, candidates))
+    assert "| score | weights (fitted on validation normals) | dev AUROC | test AUROC |" in text
+    assert "| l_con alone |  | – |" in text
