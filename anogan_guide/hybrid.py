@@ -69,6 +69,7 @@ class HybridConfig(GanomalyConfig):
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
     weighting: str = "pseudo"  # how the standardised terms combine: pseudo | equal | min_variance | max
     score_terms: str = "l_enc,l_con,l_adv,l_grad"  # the terms the score combines (of SCORE_TERMS)
+    reference_loss: str = "mse"  # the reference averages W's gradient of: mse | generator (L_G)
     score_batch_size: int = 256  # images per batched scoring pass
 
     @property
@@ -82,6 +83,9 @@ class HybridConfig(GanomalyConfig):
         if unknown or not self.terms:
             raise ValueError(f"score_terms={self.score_terms!r}: use a comma-separated list of "
                              f"{', '.join(SCORE_TERMS)}")
+        if self.reference_loss not in ("mse", "generator"):
+            raise ValueError(f"reference_loss={self.reference_loss!r} is unknown; use mse or "
+                             f"generator")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting={self.weighting!r} is unknown; use one of "
                              f"{', '.join(WEIGHTINGS)}")
@@ -146,8 +150,11 @@ def hybrid_step(g: GanomalyGenerator, d: GanomalyDiscriminator, opt_g: torch.opt
               + config.w_enc * terms["l_enc"] + config.beta * l_grad)
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
+    if config.reference_loss == "generator":  # W's gradient of the whole loss, as GradCon's code
+        gradcon.update_reference(reference, [w.grad for w in weights], steps)
     opt_g.step()
-    gradcon.update_reference(reference, grads, steps)
+    if config.reference_loss == "mse":
+        gradcon.update_reference(reference, grads, steps)
     d_loss = ganomaly.discriminator_loss(d(x), d(x_hat.detach()))
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
