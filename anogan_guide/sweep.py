@@ -43,9 +43,10 @@ METHOD_ENTRIES: dict[str, tuple[str, ...]] = {
     "hybrid": ("hybrid",),
 }
 DATA_PREP = "00_data_prep"
-# recorded notebook parameters that say where, not how: a moved run folder or data folder does
-# not make a finished run stale
-RECORD_IGNORES = ("run_dir", "data_root")
+# recorded notebook parameters that do not change a result: where (a moved run folder or data
+# folder does not make a finished run stale) and `resume` (continuing from the last checkpoint
+# is exact; `-p resume true` re-scores finished training when only a score-time parameter changed)
+RECORD_IGNORES = ("run_dir", "data_root", "resume")
 
 
 class SweepError(ValueError):
@@ -124,8 +125,8 @@ def split_matches(run: SweepRun, data: dict) -> bool:
 
 
 def comparable(params: dict) -> dict:
-    """Notebook parameters as recorded (JSON types), without the ones that say where rather than
-    how (RECORD_IGNORES)."""
+    """Notebook parameters as recorded (JSON types), without the ones that do not change a result
+    (RECORD_IGNORES)."""
     return {k: v for k, v in json.loads(json.dumps(params)).items() if k not in RECORD_IGNORES}
 
 

@@ -101,3 +101,26 @@ def test_progress_bars_reach_the_terminal_unless_quiet(tmp_path, monkeypatch):
     quiet = _run(str(notebook), "--out", str(tmp_path / "r"))
     assert quiet.returncode == 0 and "long step" not in quiet.stdout + quiet.stderr
     assert quiet.stdout.startswith("[anogan-guide] 90_progress.ipynb")  # its one-line header
+
+
+@pytest.mark.slow
+def test_resume_rescores_finished_training_with_a_new_score_time_parameter(tmp_path):
+    """GradCon's grad_weight only weighs the score's terms: `-p resume true` after training
+    finished re-scores without training again, with the notebook's grad_weight."""
+    import numpy as np
+
+    ci = str(REPO / "params" / "ci.yaml")
+    first = _run("00_data_prep", "04_gradcon", "-f", ci, "--out", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    checkpoint = tmp_path / "model_saves" / "gradcon_last.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    again = _run("04_gradcon", "-f", ci, "-p", "resume", "true", "-p", "grad_weight", "0.5",
+                 "--out", str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert checkpoint.stat().st_mtime_ns == stamp  # no epoch trained
+    entry = json.loads((tmp_path / "metrics.json").read_text())["methods"]["gradcon"]
+    assert entry["params"]["grad_weight"] == 0.5 and entry["dev"] is not None
+    with np.load(tmp_path / "scores" / "gradcon.npz") as saved:
+        for part in ("val", "dev", "test"):
+            np.testing.assert_allclose(saved[f"{part}/score"], saved[f"{part}/mse"]
+                                       + 0.5 * saved[f"{part}/l_grad"], rtol=1e-5, atol=1e-7)

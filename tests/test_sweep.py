@@ -218,6 +218,12 @@ def test_results_files_with_published_figures(tmp_path):
     assert "other classes' *training* images (no test image)" in md
 
 
+def test_where_and_resume_do_not_make_a_run_stale():
+    recorded = {"epochs": 2, "run_dir": "/a", "data_root": "/d", "resume": False}
+    assert sweep.comparable(recorded) == sweep.comparable(
+        {"epochs": 2, "run_dir": "/b", "data_root": "/e", "resume": True}) == {"epochs": 2}
+
+
 def test_entries_without_development_figures_run_again(tmp_path):
     out, plan = tmp_path / "sw", _plan()
     run = sweep.plan_runs("digits", [0], [0], out)[0]
