@@ -48,8 +48,8 @@ def _fixed(fn: Callable[[Table], torch.Tensor]) -> Rule:
     return lambda val: fn
 
 
-def _fused(terms: Sequence[str], rule: str) -> Rule:
-    return lambda val: fit_combination(val, terms, rule)
+def _fused(terms: Sequence[str], rule: str, weights: Sequence[float] | None = None) -> Rule:
+    return lambda val: fit_combination(val, terms, rule, weights=weights)
 
 
 def score_rules(method: str) -> dict[str, Rule]:
@@ -62,8 +62,8 @@ def score_rules(method: str) -> dict[str, Rule]:
                                        + lam * t["discrimination"]) for lam in LAMBDAS}
     if method == "hybrid":  # the ablation's candidates (`pseudo` needs the model: not here)
         return {name: _fixed(lambda t, term=terms[0]: t[term]) if weighting is None
-                else _fused(terms, weighting)
-                for name, (terms, weighting) in candidate_scores(with_pseudo=False).items()}
+                else _fused(terms, weighting, weights)
+                for name, (terms, weighting, weights) in candidate_scores(with_pseudo=False).items()}
     raise ValueError(f"no score rules to study for {method!r}; use gradcon, anogan, fanogan or "
                      f"hybrid")
 

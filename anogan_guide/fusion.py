@@ -2,7 +2,8 @@
 
 Each term is standardised with the mean and standard deviation of the validation normals
 (`evaluate.Standardizer`) and the z-scores are combined by a rule fitted on the validation normals
-only: `equal` weights (the mean z-score), `min_variance` (the non-negative weights, summing to
+only: `fixed` weights chosen beforehand (the guidebook's default for the hybrid, chosen on the
+development split), `equal` weights (the mean z-score), `min_variance` (the non-negative weights, summing to
 one, that make the combined validation score most concentrated), `max` (the largest z-score,
 i.e. the term most unusual for a normal image), or `pseudo`: of those three rules and each term
 alone, the candidate that best separates the validation normals from their `pseudo_anomalies`
@@ -21,7 +22,7 @@ import torch
 
 from .evaluate import Standardizer
 
-WEIGHTINGS = ("pseudo", "equal", "min_variance", "max")
+WEIGHTINGS = ("pseudo", "equal", "min_variance", "max", "fixed")
 RULES = ("equal", "min_variance", "max")  # the rules `pseudo` chooses from, beside single terms
 COMBINATION_PREFIX = "combination/"  # a fitted combination in a checkpoint's `extra`
 
@@ -126,16 +127,25 @@ def candidate_combinations(val_table: Mapping[str, torch.Tensor], terms: Sequenc
 
 def fit_combination(val_table: Mapping[str, torch.Tensor], terms: Sequence[str],
                     weighting: str = "pseudo",
-                    pseudo_table: Mapping[str, torch.Tensor] | None = None) -> Combination:
+                    pseudo_table: Mapping[str, torch.Tensor] | None = None,
+                    weights: Sequence[float] | None = None) -> Combination:
     """Standardise `terms` with the validation normals' statistics and weight them (see the
     module docstring). `val_table` must hold validation normals only; `weighting="pseudo"`
     also needs `pseudo_table`, the terms of their `pseudo_anomalies`, and returns the candidate
-    (`candidate_combinations`) that separates the two best (ties: the earlier candidate)."""
+    (`candidate_combinations`) that separates the two best (ties: the earlier candidate);
+    `weighting="fixed"` takes `weights`, one per term, chosen beforehand (e.g. on the
+    development split: never per run)."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r} is unknown; use one of {', '.join(WEIGHTINGS)}")
     missing = [t for t in terms if t not in val_table]
     if missing:
         raise ValueError(f"the validation table lacks {missing}; score every term first")
+    if weighting == "fixed":
+        if weights is None or len(weights) != len(terms):
+            raise ValueError(f"weighting='fixed' needs one weight per term ({', '.join(terms)}), "
+                             f"got {list(weights or [])}")
+        scalers = tuple(Standardizer.fit(val_table[t]) for t in terms)
+        return Combination(tuple(terms), scalers, tuple(float(w) for w in weights))
     if weighting == "pseudo":
         if pseudo_table is None:
             raise ValueError("weighting='pseudo' needs pseudo_table: the terms of "
@@ -160,11 +170,13 @@ def fit_combination(val_table: Mapping[str, torch.Tensor], terms: Sequence[str],
 
 
 def ablation(val_table: Mapping[str, torch.Tensor], test_table: Mapping[str, torch.Tensor],
-             test_labels, candidates: Mapping[str, tuple[Sequence[str], str | None]], *,
+             test_labels,
+             candidates: Mapping[str, tuple[Sequence[str], str | None, Sequence[float] | None]], *,
              dev_table: Mapping[str, torch.Tensor] | None = None,
              pseudo_table: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
     """Development and test AUROC of candidate scores, each fitted on the validation normals:
-    `candidates` maps a name to (terms, weighting), weighting None for a single term alone.
+    `candidates` maps a name to (terms, weighting, fixed weights or None), weighting None for a
+    single term alone.
     `pseudo` candidates need `pseudo_table` (left out without one); the development AUROC
     (validation normals vs `dev_table`) only with a `dev_table`. Rows {"score", "weights",
     "dev_auroc", "auroc"}."""
@@ -174,11 +186,11 @@ def ablation(val_table: Mapping[str, torch.Tensor], test_table: Mapping[str, tor
 
     labels = np.asarray(test_labels).astype(int)
     rows = []
-    for name, (terms, weighting) in candidates.items():
+    for name, (terms, weighting, weights) in candidates.items():
         if weighting == "pseudo" and pseudo_table is None:
             continue
         comb = None if weighting is None else fit_combination(val_table, terms, weighting,
-                                                              pseudo_table)
+                                                              pseudo_table, weights)
         scores = (lambda t: t[terms[0]]) if comb is None else comb  # noqa: B023 (used at once)
         dev = dev_metrics(scores(val_table), scores(dev_table)) if dev_table else None
         rows.append({"score": name, "weights": comb.describe() if comb else "",

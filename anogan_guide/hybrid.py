@@ -47,19 +47,25 @@ METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
 TERMS = ("l_enc", "l_con", "l_adv", "l_grad")  # the training losses, each also a per-image term
 SCORE_TERMS = (*TERMS, "mse")  # what a score may combine (mse: GradCon's reconstruction term)
+FIXED_GRAD_RATIOS = (0.1, 0.25, 0.5, 2.0, 4.0)  # z(l_enc) + r * z(l_grad) candidates (1: equal)
 TERM_SETS = {"GANomaly terms": ("l_enc", "l_con", "l_adv"), "l_enc + l_grad": ("l_enc", "l_grad"),
              "l_enc + mse + l_grad": ("l_enc", "mse", "l_grad"), "all four terms": TERMS,
              "all five terms": SCORE_TERMS}
-
-
-def candidate_scores(with_pseudo: bool = True) -> dict[str, tuple[tuple[str, ...], str | None]]:
-    """The scores the hybrid's ablation and the development study compare: each term alone
-    (weighting None), and every weighting of `fusion` over each of TERM_SETS."""
-    weightings = WEIGHTINGS if with_pseudo else tuple(w for w in WEIGHTINGS if w != "pseudo")
-    single = {f"{t} alone": ((t,), None) for t in SCORE_TERMS}
-    return single | {f"{name} ({w})": (terms, w) for name, terms in TERM_SETS.items()
-                     for w in weightings}
 ScoreTable = dict[str, torch.Tensor]
+
+
+def candidate_scores(with_pseudo: bool = True
+                     ) -> dict[str, tuple[tuple[str, ...], str | None, tuple[float, ...] | None]]:
+    """The scores the hybrid's ablation and the development study compare, as (terms, weighting,
+    fixed weights): each term alone (weighting None), every weighting of `fusion` fitted on the
+    validation normals over each of TERM_SETS, and fixed weights of l_enc and l_grad."""
+    weightings = [w for w in WEIGHTINGS if w != "fixed" and (with_pseudo or w != "pseudo")]
+    single = {f"{t} alone": ((t,), None, None) for t in SCORE_TERMS}
+    fitted = {f"{name} ({w})": (terms, w, None) for name, terms in TERM_SETS.items()
+              for w in weightings}
+    fixed = {f"l_enc + {r:g} l_grad (fixed)": (("l_enc", "l_grad"), "fixed", (1.0, r))
+             for r in FIXED_GRAD_RATIOS}
+    return single | fitted | fixed
 
 
 @dataclass
@@ -67,8 +73,9 @@ class HybridConfig(GanomalyConfig):
     """GANomaly's parameters plus the gradient term's weight and the score combination."""
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
-    weighting: str = "pseudo"  # how the standardised terms combine: pseudo | equal | min_variance | max
+    weighting: str = "pseudo"  # how the z-scored terms combine: pseudo | equal | min_variance | max | fixed
     score_terms: str = "l_enc,l_con,l_adv,l_grad"  # the terms the score combines (of SCORE_TERMS)
+    score_weights: str = ""  # weighting=fixed: one weight per score term, e.g. "1,0.25"
     reference_loss: str = "mse"  # the reference averages W's gradient of: mse | generator (L_G)
     score_batch_size: int = 256  # images per batched scoring pass
 
@@ -77,12 +84,25 @@ class HybridConfig(GanomalyConfig):
         """The score's terms, in order."""
         return tuple(t.strip() for t in self.score_terms.split(",") if t.strip())
 
+    @property
+    def weights(self) -> tuple[float, ...] | None:
+        """weighting=fixed: the weight of each score term."""
+        return tuple(float(w) for w in self.score_weights.split(",")) if self.score_weights else None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         unknown = [t for t in self.terms if t not in SCORE_TERMS]
         if unknown or not self.terms:
             raise ValueError(f"score_terms={self.score_terms!r}: use a comma-separated list of "
                              f"{', '.join(SCORE_TERMS)}")
+        try:
+            fixed = self.weights
+        except ValueError:
+            fixed = ()
+        if self.weighting == "fixed" and (not fixed or len(fixed) != len(self.terms)):
+            raise ValueError(f"weighting=fixed needs score_weights with one number per score term "
+                             f"({self.score_terms}), e.g. -p score_weights 1,0.25; got "
+                             f"{self.score_weights!r}")
         if self.reference_loss not in ("mse", "generator"):
             raise ValueError(f"reference_loss={self.reference_loss!r} is unknown; use mse or "
                              f"generator")
@@ -224,7 +244,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
         pseudo_table = (score_with_latent(trained, pseudo, combination=None)[0]
                         if config.weighting == "pseudo" else None)
         trained.combination = fit_combination(val_table, config.terms, weighting=config.weighting,
-                                              pseudo_table=pseudo_table)
+                                              pseudo_table=pseudo_table, weights=config.weights)
         for name in TERMS:
             loop.epoch_history.setdefault(f"val_{name}", []).append(float(val_table[name].mean()))
         loop.epoch_history.setdefault("val_l_enc_rel", []).append(

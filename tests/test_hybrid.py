@@ -200,3 +200,20 @@ def test_cluster_agreement_and_ablation():
     text = fusion.ablation_markdown(fusion.ablation(val, test, labels, candidates))
     assert "| score | weights (fitted on validation normals) | dev AUROC | test AUROC |" in text
     assert "| l_con alone |  | – |" in text
+
+
+def test_fixed_weights_are_given_not_fitted_and_checked():
+    val = {"l_enc": torch.randn(300) * 2 + 5, "l_grad": torch.randn(300) * 0.1}
+    comb = fusion.fit_combination(val, ("l_enc", "l_grad"), "fixed", weights=(1.0, 0.25))
+    assert comb.weights == (1.0, 0.25) and comb.describe() == "1.000*z(l_enc) + 0.250*z(l_grad)"
+    z = comb.standardized(val)
+    torch.testing.assert_close(comb(val), z["l_enc"] + 0.25 * z["l_grad"])
+    with pytest.raises(ValueError, match="one weight per term"):
+        fusion.fit_combination(val, ("l_enc", "l_grad"), "fixed", weights=(1.0,))
+    with pytest.raises(ValueError, match="score_weights with one number per score term"):
+        hy.HybridConfig(weighting="fixed", score_terms="l_enc,l_grad")
+    with pytest.raises(ValueError, match="score_terms='l_enc,l_foo'"):
+        hy.HybridConfig(score_terms="l_enc,l_foo")
+    config = hy.HybridConfig(weighting="fixed", score_terms="l_enc, l_grad", score_weights="1,0.25")
+    assert config.terms == ("l_enc", "l_grad") and config.weights == (1.0, 0.25)
+    assert "l_enc + 0.25 l_grad (fixed)" in hy.candidate_scores()
