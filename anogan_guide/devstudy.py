@@ -32,7 +32,7 @@ import torch
 
 from .evaluate import dev_metrics, read_metrics
 from .fusion import fit_combination
-from .hybrid import candidate_scores
+from .hybrid import HybridConfig, candidate_scores, gradcon_term
 from .runs import Run, atomic_path
 from .sweep import SweepError, parse_list, plan_runs, split_matches
 
@@ -76,6 +76,11 @@ def _dev_parts(folder: Path, method: str) -> tuple[dict, dict] | None:
     with np.load(path) as data:
         val = {k[4:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("val/")}
         dev = {k[4:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("dev/")}
+    if method == "hybrid" and "gradcon" not in val and dev:  # scored before the term existed
+        weight = read_metrics(Run(folder))["methods"][method]["params"].get(
+            "grad_weight", HybridConfig().grad_weight)
+        for table in (val, dev):
+            table["gradcon"] = gradcon_term(table, weight)
     return (val, dev) if dev else None
 
 

@@ -46,6 +46,9 @@ TRIM_EVERY = 2048  # images scored between two releases of freed heap memory (~1
 ScoreTable = dict[str, torch.Tensor]
 
 
+GRAD_WEIGHT = 0.12  # the score's weight of the mean gradient cosine (the paper's)
+
+
 @dataclass
 class GradConConfig:
     """GradCon's training and scoring parameters (json-safe)."""
@@ -54,7 +57,7 @@ class GradConConfig:
     batch_size: int = 64  # training batch size
     lr: float = 1e-3  # Adam learning rate
     beta: float = 0.03  # weight of the gradient loss L_grad in training
-    grad_weight: float = 0.12  # weight of the mean cosine in the anomaly score
+    grad_weight: float = GRAD_WEIGHT  # weight of the mean cosine in the anomaly score
     score_batch_size: int = 256  # images per vectorised scoring pass
     seed: int = 0  # shuffling seed
     resume: bool = False  # continue from model_saves/gradcon_last.pt when it exists
@@ -361,7 +364,7 @@ def _image_terms(model: nn.Module, weights: list[torch.Tensor], refs: list[torch
 
 
 def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images, *,
-                batch_size: int = 256, grad_weight: float = 0.12) -> ScoreTable:
+                batch_size: int = 256, grad_weight: float = GRAD_WEIGHT) -> ScoreTable:
     """Per-image GradCon terms: `mse`, `cos_<layer>` per decoder layer, `l_grad` (= -mean cos)
     and `score` = mse - grad_weight * mean cos (higher = more anomalous).
 
@@ -416,7 +419,7 @@ def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images,
 
 
 def gradcon_scores(model: nn.Module, reference: Mapping[str, torch.Tensor], images, *,
-                   batch_size: int = 256, grad_weight: float = 0.12) -> torch.Tensor:
+                   batch_size: int = 256, grad_weight: float = GRAD_WEIGHT) -> torch.Tensor:
     """One anomaly score per image: MSE - grad_weight * mean cos(per-image gradient, reference),
     over the decoder's transposed-conv weights named in `reference` (see `score_table`)."""
     return score_table(model, reference, images, batch_size=batch_size,

@@ -46,11 +46,14 @@ from .training import TrainingLoop
 METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
 TERMS = ("l_enc", "l_con", "l_adv", "l_grad")  # the training losses, each also a per-image term
-SCORE_TERMS = (*TERMS, "mse")  # what a score may combine (mse: GradCon's reconstruction term)
-FIXED_GRAD_RATIOS = (0.1, 0.25, 0.5, 2.0, 4.0)  # z(l_enc) + r * z(l_grad) candidates (1: equal)
+# what a score may combine: the training losses, GradCon's reconstruction term `mse`, and
+# `gradcon` = mse + grad_weight * l_grad, GradCon's own score on the hybrid's reconstruction path
+SCORE_TERMS = (*TERMS, "mse", "gradcon")
+FIXED_GRAD_RATIOS = (0.1, 0.25, 0.5, 2.0, 4.0)  # z(l_enc) + r * z(term) candidates (1: equal)
 TERM_SETS = {"GANomaly terms": ("l_enc", "l_con", "l_adv"), "l_enc + l_grad": ("l_enc", "l_grad"),
              "l_enc + mse + l_grad": ("l_enc", "mse", "l_grad"), "all four terms": TERMS,
-             "all five terms": SCORE_TERMS}
+             "l_enc + gradcon": ("l_enc", "gradcon"),
+             "all five terms": (*TERMS, "mse")}
 ScoreTable = dict[str, torch.Tensor]
 
 
@@ -58,13 +61,13 @@ def candidate_scores(with_pseudo: bool = True
                      ) -> dict[str, tuple[tuple[str, ...], str | None, tuple[float, ...] | None]]:
     """The scores the hybrid's ablation and the development study compare, as (terms, weighting,
     fixed weights): each term alone (weighting None), every weighting of `fusion` fitted on the
-    validation normals over each of TERM_SETS, and fixed weights of l_enc and l_grad."""
+    validation normals over each of TERM_SETS, and fixed weights of l_enc and l_grad or gradcon."""
     weightings = [w for w in WEIGHTINGS if w != "fixed" and (with_pseudo or w != "pseudo")]
     single = {f"{t} alone": ((t,), None, None) for t in SCORE_TERMS}
     fitted = {f"{name} ({w})": (terms, w, None) for name, terms in TERM_SETS.items()
               for w in weightings}
-    fixed = {f"l_enc + {r:g} l_grad (fixed)": (("l_enc", "l_grad"), "fixed", (1.0, r))
-             for r in FIXED_GRAD_RATIOS}
+    fixed = {f"l_enc + {r:g} {t} (fixed)": (("l_enc", t), "fixed", (1.0, r))
+             for t in ("l_grad", "gradcon") for r in FIXED_GRAD_RATIOS}
     return single | fitted | fixed
 
 
@@ -73,6 +76,7 @@ class HybridConfig(GanomalyConfig):
     """GANomaly's parameters plus the gradient term's weight and the score combination."""
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
+    grad_weight: float = gradcon.GRAD_WEIGHT  # the `gradcon` term: mse + grad_weight * l_grad
     weighting: str = "pseudo"  # how the z-scored terms combine: pseudo | equal | min_variance | max | fixed
     score_terms: str = "l_enc,l_con,l_adv,l_grad"  # the terms the score combines (of SCORE_TERMS)
     score_weights: str = ""  # weighting=fixed: one weight per score term, e.g. "1,0.25"
@@ -297,12 +301,18 @@ def _as_tensor_batches(images, batch_size: int):
     return list(ganomaly._batches(images, batch_size))  # an iterable is consumed twice
 
 
+def gradcon_term(table: Mapping[str, torch.Tensor], grad_weight: float) -> torch.Tensor:
+    """GradCon's score from a table's `mse` and `l_grad`: mse + grad_weight * l_grad."""
+    return table["mse"] + grad_weight * table["l_grad"]
+
+
 def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None = None,
                       combination: Combination | None | str = "trained"
                       ) -> tuple[ScoreTable, torch.Tensor]:
     """Per-image l_enc, l_con, l_adv, l_grad, the gradient part's `mse` and per-layer cosines
-    `cos_<layer>`, and `score` (the combination; l_enc when none is fitted yet), plus the
-    latent codes z. `images`: an ImageSet, a tensor in [-1, 1] or an iterable of batches.
+    `cos_<layer>`, `gradcon` (GradCon's score on this network, `gradcon_term`), and `score`
+    (the combination; l_enc when none is fitted yet), plus the latent codes z. `images`: an
+    ImageSet, a tensor in [-1, 1] or an iterable of batches.
     Eval mode, batched, no test statistic."""
     if not trained.reference:
         raise ValueError("the hybrid has no reference gradients; train it or load it with "
@@ -319,6 +329,7 @@ def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None 
         g.train(mode)
     table["l_grad"] = grad_table["l_grad"]
     table["mse"] = grad_table["mse"]
+    table["gradcon"] = gradcon_term(table, trained.config.grad_weight)
     table |= {k: v for k, v in grad_table.items() if k.startswith("cos_")}
     if combination == "trained":
         combination = trained.combination
@@ -371,6 +382,6 @@ def cluster_agreement(features, classes, *, n_clusters: int | None = None, seed:
 
 
 __all__ = ["HybridConfig", "Reconstructor", "SCORE_TERMS", "TERMS", "TERM_SETS",
-           "candidate_scores", "TrainedHybrid", "cluster_agreement",
+           "candidate_scores", "gradcon_term", "TrainedHybrid", "cluster_agreement",
            "gradient_features", "gradient_layers", "hybrid_step", "load", "score",
            "score_with_latent", "train"]

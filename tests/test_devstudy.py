@@ -53,7 +53,7 @@ def test_hybrid_rules_are_fitted_on_validation_and_runs_without_dev_are_left_out
     _write(runs[1].folder, "hybrid", val, {}, {t: torch.zeros(5) for t in terms})  # no dev part
     results = devstudy.study_score_rules([r.folder for r in runs], "hybrid")
     assert all(len(v) == 1 for v in results.values())
-    assert results["l_grad alone"][0] > 0.99 and results["l_enc alone"][0] < 0.7
+    assert results["l_grad alone"][0] > 0.95 and results["l_enc alone"][0] < 0.7
     assert results["l_enc + l_grad (max)"][0] > 0.95 and "l_enc + l_grad (pseudo)" not in results
 
 
