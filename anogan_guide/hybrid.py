@@ -77,9 +77,10 @@ class HybridConfig(GanomalyConfig):
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
     grad_weight: float = gradcon.GRAD_WEIGHT  # the `gradcon` term: mse + grad_weight * l_grad
-    weighting: str = "pseudo"  # how the z-scored terms combine: pseudo | equal | min_variance | max | fixed
-    score_terms: str = "l_enc,l_con,l_adv,l_grad"  # the terms the score combines (of SCORE_TERMS)
-    score_weights: str = ""  # weighting=fixed: one weight per score term, e.g. "1,0.25"
+    # the score: z(l_enc) + 0.25 z(l_grad), chosen on the development split (README)
+    weighting: str = "fixed"  # how the z-scored terms combine: fixed | pseudo | equal | min_variance | max
+    score_terms: str = "l_enc,l_grad"  # the terms the score combines (of SCORE_TERMS)
+    score_weights: str = "1,0.25"  # weighting=fixed: one weight per score term
     reference_loss: str = "mse"  # the reference averages W's gradient of: mse | generator (L_G)
     score_batch_size: int = 256  # images per batched scoring pass
 

@@ -67,6 +67,11 @@ def test_gradient_loss_changes_training():
     assert all(r.abs().sum() > 0 for r in ref0.values())
 
 
+def z_score(trained, table):
+    val = {t: (table[t] - table[t].mean()) / table[t].std(unbiased=False) for t in table}
+    return val["l_enc"] + 0.25 * val["l_grad"]
+
+
 def test_training_saves_references_and_combination(split, tmp_path):
     run = ag.open_run(tmp_path)
     trained = hy.train(split, tiny_config(epochs=2), run)
@@ -75,17 +80,20 @@ def test_training_saves_references_and_combination(split, tmp_path):
     refs = {k for k in checkpoint["extra"] if k.startswith("ref/")}
     assert refs == {"ref/" + n for n in trained.reference}
     assert int(checkpoint["extra"]["ref_steps"]) == 2 * 3  # 2 epochs x 3 batches of 32
-    assert trained.combination is not None and trained.combination.terms == hy.TERMS
+    # the default score, chosen on the development split: z(l_enc) + 0.25 z(l_grad)
+    assert trained.combination.terms == ("l_enc", "l_grad")
+    assert trained.combination.weights == (1.0, 0.25)
     reloaded = hy.load(run)
     for k, v in trained.reference.items():
         assert torch.equal(v, reloaded.reference[k])
     assert reloaded.combination == trained.combination
     a, b = hy.score(trained, split.val), hy.score(reloaded, split.val)
     torch.testing.assert_close(a["score"], b["score"])
-    assert list(a)[:4] == list(hy.TERMS) and list(a)[-1] == "score"
+    assert list(a)[:4] == list(hy.TERMS) and list(a)[-1] == "score" and "gradcon" in a
+    torch.testing.assert_close(a["score"], z_score(trained, a))
     # standardised with the validation normals' own statistics: mean 0, std 1 there
     z = trained.combination.standardized(a)
-    for t in hy.TERMS:
+    for t in ("l_enc", "l_grad"):
         assert abs(float(z[t].mean())) < 1e-4 and abs(float(z[t].std(unbiased=False)) - 1) < 1e-3
     assert "val_l_grad" in trained.epoch_history and "l_grad" in trained.history
 
@@ -211,7 +219,7 @@ def test_fixed_weights_are_given_not_fitted_and_checked():
     with pytest.raises(ValueError, match="one weight per term"):
         fusion.fit_combination(val, ("l_enc", "l_grad"), "fixed", weights=(1.0,))
     with pytest.raises(ValueError, match="score_weights with one number per score term"):
-        hy.HybridConfig(weighting="fixed", score_terms="l_enc,l_grad")
+        hy.HybridConfig(score_terms="l_enc,l_con,l_grad")  # the default weights are for two
     with pytest.raises(ValueError, match="score_terms='l_enc,l_foo'"):
         hy.HybridConfig(score_terms="l_enc,l_foo")
     config = hy.HybridConfig(weighting="fixed", score_terms="l_enc, l_grad", score_weights="1,0.25")
