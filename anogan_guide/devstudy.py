@@ -1,14 +1,16 @@
 """Choosing the guidebook's defaults on the development split, never on the test set.
 
-    python -m anogan_guide.devstudy --dataset mnist --classes 0-9 --seeds 0 --out results/mnist
+    python -m anogan_guide.devstudy --sweep mnist 0-9 0 results/mnist \
+        [--sweep folder airplane,automobile results/cifar10 ...] [--out FILE]
 
-reads a sweep's run folders — the validation and development parts of each method's score
-file (`scores/<method>.npz`: `val/...`, `dev/...`) and GANomaly's per-epoch history — and
-writes DIR/dev-study.md: for every default the guidebook ships that can be judged from saved
-scores, the mean development AUROC (validation normals vs other classes' training images) of
-each candidate value, over the sweep's classes and seeds. The test part of a score file is never
-read. Each candidate is a rule that is fitted on the validation normals of its run (as the
-notebooks fit it) and then applied to the validation and development scores.
+reads one or more sweeps' run folders: the validation and development parts of each method's
+score file (`scores/<method>.npz`: `val/...`, `dev/...`) and GANomaly's per-epoch history. It
+writes a Markdown study (default: DIR/dev-study.md of the first sweep): for every default the
+guidebook ships that can be judged from saved scores, the mean development AUROC (validation
+normals vs other classes' training images) of each candidate value over each sweep's classes and
+seeds, and with several sweeps the mean over them, which ranks the candidates. The test part of
+a score file is never read. Each candidate is a rule fitted on the validation normals of its run
+(as the notebooks fit it), then applied to the validation and development scores.
 
 The candidates:
 * GradCon's `grad_weight`: score = mse + w * l_grad (the paper's 0.12 among them).
@@ -32,6 +34,7 @@ import torch
 
 from .evaluate import dev_metrics, read_metrics
 from .fusion import fit_combination
+from .gradcon import GRAD_WEIGHT
 from .hybrid import HybridConfig, candidate_scores, gradcon_term
 from .runs import Run, atomic_path
 from .sweep import SweepError, parse_list, plan_runs, split_matches
@@ -136,64 +139,87 @@ def study_select(folders: Sequence[Path], method: str = "ganomaly") -> dict[str,
     return out
 
 
-def _markdown(title: str, results: dict[str, list[float]], default: str) -> list[str]:
-    done = {k: v for k, v in results.items() if v}
-    if not done:
+def _markdown(title: str, results: Mapping[str, Mapping[str, list[float]]], default: str
+              ) -> list[str]:
+    """One section: per candidate, the mean development AUROC of each sweep and their mean."""
+    labels = [label for label, r in results.items() if any(r.values())]
+    if not labels:
         return []
-    best = max(done, key=lambda k: np.mean(done[k]))
-    n = len(next(iter(done.values())))
-    lines = [f"### {title}", "", f"{n} runs. Mean development AUROC (± std over runs); "
-             f"**bold**: the highest; (default): what the guidebook ships.", "",
-             "| candidate | dev AUROC | lowest run |", "|---|---|---|"]
-    for name, values in done.items():
-        v = np.asarray(values)
-        label = f"**{name}**" if name == best else name
-        label += " (default)" if name == default else ""
-        lines.append(f"| {label} | {v.mean():.4f} ± {v.std():.4f} | {v.min():.4f} |")
+    names = [n for n in dict.fromkeys(n for label in labels for n in results[label])
+             if all(results[label].get(n) for label in labels)]
+    means = {n: [float(np.mean(results[label][n])) for label in labels] for n in names}
+    best = max(names, key=lambda n: np.mean(means[n]))
+    runs = ", ".join(f"{label} {len(next(iter(results[label].values())))}" for label in labels)
+    lines = [f"### {title}", "", f"Runs: {runs}. Mean development AUROC per sweep"
+             + (" and the mean of those (the ranking)" if len(labels) > 1 else "")
+             + "; **bold**: the highest; (default): what the guidebook ships.", "",
+             "| candidate | " + " | ".join(labels) + (" | mean |" if len(labels) > 1 else " |"),
+             "|---|" + "---|" * (len(labels) + (len(labels) > 1))]
+    for n in names:
+        label = f"**{n}**" if n == best else n
+        label += " (default)" if n == default else ""
+        cells = [f"{m:.4f}" for m in means[n]]
+        if len(labels) > 1:
+            cells.append(f"{np.mean(means[n]):.4f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def study(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path,
-          defaults: Mapping[str, str] | None = None) -> str:
-    """dev-study.md's text for the sweep at `out`."""
-    defaults = {"gradcon": "grad_weight 0.12", "anogan": "lam 0.1", "fanogan": "lam 0.1",
-                "hybrid": "", "ganomaly": "l_enc_rel", **(defaults or {})}
-    folders = [r.folder for r in plan_runs(dataset, classes, seeds, out)
-               if split_matches(r, read_metrics(Run(r.folder)))]
-    lines = [f"# Development study: {dataset}", "",
-             f"Classes {', '.join(map(str, classes))}; seeds {', '.join(map(str, seeds))}. "
-             f"Development AUROC: the validation normals against other classes' training images "
-             f"(no test image is read). Written by `python -m anogan_guide.devstudy`.", ""]
-    sections = [("GradCon: grad_weight (score = mse + w * l_grad)", "gradcon",
-                 study_score_rules(folders, "gradcon")),
-                ("AnoGAN search: lam", "anogan", study_score_rules(folders, "anogan")),
-                ("f-AnoGAN encoder: lam", "fanogan", study_score_rules(folders, "fanogan")),
-                ("Hybrid: the score", "hybrid", study_recorded(folders, "hybrid")
-                 | study_score_rules(folders, "hybrid")),
-                ("GANomaly: best-epoch criterion (select)", "ganomaly",
-                 study_select(folders, "ganomaly"))]
-    for title, method, results in sections:
-        lines += _markdown(title, results, defaults[method])
+DEFAULTS = {"gradcon": f"grad_weight {GRAD_WEIGHT:g}", "anogan": "lam 0.1", "fanogan": "lam 0.1",
+            "hybrid": "l_enc + 0.25 l_grad (fixed)", "ganomaly": "l_enc_rel"}
+SECTIONS = (("GradCon: grad_weight (score = mse + w * l_grad)", "gradcon"),
+            ("AnoGAN search: lam", "anogan"), ("f-AnoGAN encoder: lam", "fanogan"),
+            ("Hybrid: the score", "hybrid"), ("GANomaly: best-epoch criterion (select)", "ganomaly"))
+
+
+def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:
+    """The development study's text for one or more sweeps (dataset, classes, seeds, folder):
+    each candidate's mean development AUROC per sweep and, with several, the mean over sweeps,
+    which ranks the candidates (each data set counts once, whatever its number of runs)."""
+    lines = ["# Development study", "",
+             "Development AUROC: the validation normals against other classes' training images "
+             "(no test image is read). Written by `python -m anogan_guide.devstudy`. Sweeps:", ""]
+    folders = {}
+    for dataset, classes, seeds, out in sweeps:
+        label = f"{dataset} ({out.name})"
+        folders[label] = [r.folder for r in plan_runs(dataset, classes, seeds, out)
+                          if split_matches(r, read_metrics(Run(r.folder)))]
+        lines.append(f"* {label}: classes {', '.join(map(str, classes))}; seeds "
+                     f"{', '.join(map(str, seeds))}; {out}")
+    lines.append("")
+    for title, method in SECTIONS:
+        if method == "ganomaly":
+            results = {label: study_select(f) for label, f in folders.items()}
+        elif method == "hybrid":
+            results = {label: study_recorded(f, method) | study_score_rules(f, method)
+                       for label, f in folders.items()}
+        else:
+            results = {label: study_score_rules(f, method) for label, f in folders.items()}
+        lines += _markdown(title, results, DEFAULTS[method])
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m anogan_guide.devstudy",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--classes", default="0-9")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--out", required=True, help="the sweep folder")
+    parser.add_argument("--sweep", nargs=4, action="append", required=True,
+                        metavar=("DATASET", "CLASSES", "SEEDS", "DIR"),
+                        help="a sweep's dataset, classes (0-9, or folder names), seeds and folder; "
+                             "repeat to pool several")
+    parser.add_argument("--out", help="where to write the study (default: DIR/dev-study.md of "
+                                      "the first sweep)")
     args = parser.parse_args(argv)
+    sweeps = []
     try:
-        classes = parse_list(args.classes, "class", integers=args.dataset != "folder")
-        seeds = parse_list(args.seeds, "seed")
+        for dataset, classes, seeds, folder in args.sweep:
+            sweeps.append((dataset, parse_list(classes, "class", integers=dataset != "folder"),
+                           parse_list(seeds, "seed"), Path(folder)))
     except SweepError as err:
         print(f"devstudy: error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    text = study(args.dataset, classes, seeds, out)
-    with atomic_path(out / "dev-study.md") as tmp:
+    text = study(sweeps)
+    out = Path(args.out) if args.out else sweeps[0][3] / "dev-study.md"
+    with atomic_path(out) as tmp:
         tmp.write_text(text)
     print(text)
     return 0

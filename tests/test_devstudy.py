@@ -1,9 +1,10 @@
 """The development study: candidate defaults judged on validation + development scores only."""
 
 import numpy as np
+import pytest
 import torch
 
-from anogan_guide import devstudy, evaluate, hybrid, open_run, sweep
+from anogan_guide import devstudy, evaluate, hybrid, open_run
 from anogan_guide.runs import save_checkpoint, write_json
 from anogan_guide.sweep import plan_runs
 
@@ -38,7 +39,7 @@ def test_grad_weight_is_judged_on_development_scores_and_the_test_part_is_never_
     assert all(len(v) == 3 for v in results.values())
     assert 0.4 < means["grad_weight 0"] < 0.6 and means["grad_weight 1"] > 0.95
     assert max(means, key=means.get) == "grad_weight 1"
-    text = devstudy.study("digits", [0, 1, 2], [0], tmp_path)
+    text = devstudy.study([("digits", [0, 1, 2], [0], tmp_path)])
     assert "| **grad_weight 1** |" in text and "| grad_weight 0.12 (default) |" in text
     assert "nan" not in text
 
@@ -67,13 +68,21 @@ def test_select_criteria_read_the_per_epoch_development_auroc(tmp_path):
         "l_enc_rel": [0.9], "l_enc": [0.7], "l_con": [0.8], "last": [0.8]}
 
 
-def test_cli_writes_dev_study_md(tmp_path, capsys):
-    runs = _sweep_folders(tmp_path, 1)
-    _write(runs[0].folder, "gradcon", {"mse": torch.rand(10), "l_grad": torch.rand(10)},
-           {"mse": torch.rand(30) + 1, "l_grad": torch.rand(30)}, {"mse": torch.zeros(3),
-                                                                  "l_grad": torch.zeros(3)})
-    assert devstudy.main(["--dataset", "digits", "--classes", "0", "--out", str(tmp_path)]) == 0
-    assert "GradCon: grad_weight" in (tmp_path / "dev-study.md").read_text()
-    assert devstudy.main(["--classes", "x", "--out", str(tmp_path)]) == 2
+def test_cli_pools_sweeps_each_data_set_counting_once(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, n, shift in ((a, 1, 3.0), (b, 3, 0.0)):  # a: l_grad separates; b: it does not
+        for r in _sweep_folders(folder, n):
+            _write(r.folder, "gradcon", {"mse": torch.rand(40), "l_grad": torch.rand(40)},
+                   {"mse": torch.rand(60), "l_grad": torch.rand(60) + shift},
+                   {"mse": torch.zeros(3), "l_grad": torch.zeros(3)})
+    assert devstudy.main(["--sweep", "digits", "0", "0", str(a), "--sweep", "digits", "0-2", "0",
+                          str(b)]) == 0
+    text = (a / "dev-study.md").read_text()
+    assert "| candidate | digits (a) | digits (b) | mean |" in text
+    assert "Runs: digits (a) 1, digits (b) 3." in text
+    row = next(line for line in text.splitlines() if line.replace("*", "").startswith(
+        "| grad_weight 1 |"))
+    first, second, mean = (float(x) for x in row.split("|")[2:5])
+    assert first == 1.0 and mean == pytest.approx((first + second) / 2, abs=1e-4)
+    assert devstudy.main(["--sweep", "digits", "x", "0", str(a)]) == 2
     assert "devstudy: error:" in capsys.readouterr().err
-    assert sweep.parse_list("0-2", "class") == [0, 1, 2]
