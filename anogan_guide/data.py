@@ -295,8 +295,9 @@ def _synthetic(n_train: int = 240, n_test: int = 60, size: int = 32):
 
 def dev_indices(train_classes, normal_index: int, seed: int) -> np.ndarray:
     """Which training images of the *other* classes form the development anomalies: the same
-    seeded share of every class (so the classes keep their proportions), `n_max` in all (every
-    one when there are fewer). Depends only on the class of each training image and the seed."""
+    seeded share of every class (so the classes keep their proportions), DEV_ANOMALIES in all
+    (every one when there are fewer). Depends only on the class of each training image and the
+    seed."""
     classes = np.asarray(train_classes)
     others = np.flatnonzero(classes != normal_index)
     share = min(1.0, DEV_ANOMALIES / len(others)) if len(others) else 0.0
@@ -359,7 +360,9 @@ def load_one_class(dataset: str, normal_class: int | str, *, data_root: str | Pa
     order = np.random.default_rng(seed).permutation(normal_idx)
     n_val = min(max(1, int(round(len(order) * float(val_fraction)))), len(order) - 1)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    dev_idx = dev_indices(trc.numpy(), normal_index, seed)  # a folder read only these: all again
+    # a folder returns only the development sample of the other classes (read no more): all of it
+    dev_idx = (np.flatnonzero(trc.numpy() != normal_index) if dataset == "folder"
+               else dev_indices(trc.numpy(), normal_index, seed))
     channels = int(tr.shape[1])
     train_imgs = _resize(tr[torch.from_numpy(train_idx)], image_size)
     val_imgs = _resize(tr[torch.from_numpy(val_idx)], image_size)
