@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .anogan import combine
 from .evaluate import dev_metrics, read_metrics
 from .fusion import fit_combination
-from .gradcon import GRAD_WEIGHT
-from .hybrid import HybridConfig, candidate_scores, gradcon_term
+from .gradcon import GRAD_WEIGHT, score_from_terms
+from .hybrid import HybridConfig, candidate_scores
 from .runs import Run, atomic_path
 from .sweep import SweepError, parse_list, plan_runs, split_matches
 
@@ -58,11 +59,12 @@ def _fused(terms: Sequence[str], rule: str, weights: Sequence[float] | None = No
 def score_rules(method: str) -> dict[str, Rule]:
     """The candidate scores of a method, by name."""
     if method == "gradcon":
-        return {f"grad_weight {w:g}": _fixed(lambda t, w=w: t["mse"] + w * t["l_grad"])
+        return {f"grad_weight {w:g}": _fixed(lambda t, w=w: score_from_terms(t["mse"], t["l_grad"], w))
                 for w in GRAD_WEIGHTS}
     if method in ("anogan", "anogan-wgangp", "fanogan", "fanogan-refine"):
-        return {f"lam {lam:g}": _fixed(lambda t, lam=lam: (1 - lam) * t["residual"]
-                                       + lam * t["discrimination"]) for lam in LAMBDAS}
+        return {f"lam {lam:g}": _fixed(lambda t, lam=lam: combine(t["residual"],
+                                                                 t["discrimination"], lam))
+                for lam in LAMBDAS}
     if method == "hybrid":  # the ablation's candidates (`pseudo` needs the model: not here)
         return {name: _fixed(lambda t, term=terms[0]: t[term]) if weighting is None
                 else _fused(terms, weighting, weights)
@@ -80,10 +82,10 @@ def _dev_parts(folder: Path, method: str) -> tuple[dict, dict] | None:
         val = {k[4:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("val/")}
         dev = {k[4:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("dev/")}
     if method == "hybrid" and "gradcon" not in val and dev:  # scored before the term existed
-        weight = read_metrics(Run(folder))["methods"][method]["params"].get(
-            "grad_weight", HybridConfig().grad_weight)
+        entry = read_metrics(Run(folder)).get("methods", {}).get(method, {})
+        weight = entry.get("params", {}).get("grad_weight", HybridConfig().grad_weight)
         for table in (val, dev):
-            table["gradcon"] = gradcon_term(table, weight)
+            table["gradcon"] = score_from_terms(table["mse"], table["l_grad"], weight)
     return (val, dev) if dev else None
 
 

@@ -414,8 +414,14 @@ def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images,
     for j, name in enumerate(names):
         table[f"cos_{name.removesuffix('.weight')}"] = cos[:, j]
     table["l_grad"] = -cos.mean(1)
-    table["score"] = mse - grad_weight * cos.mean(1)
+    table["score"] = score_from_terms(mse, table["l_grad"], grad_weight)
     return table
+
+
+def score_from_terms(mse: torch.Tensor, l_grad: torch.Tensor, grad_weight: float) -> torch.Tensor:
+    """GradCon's anomaly score from its two per-image terms: mse + grad_weight * l_grad
+    (= MSE - grad_weight * mean cos)."""
+    return mse + grad_weight * l_grad
 
 
 def gradcon_scores(model: nn.Module, reference: Mapping[str, torch.Tensor], images, *,

@@ -302,16 +302,11 @@ def _as_tensor_batches(images, batch_size: int):
     return list(ganomaly._batches(images, batch_size))  # an iterable is consumed twice
 
 
-def gradcon_term(table: Mapping[str, torch.Tensor], grad_weight: float) -> torch.Tensor:
-    """GradCon's score from a table's `mse` and `l_grad`: mse + grad_weight * l_grad."""
-    return table["mse"] + grad_weight * table["l_grad"]
-
-
 def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None = None,
                       combination: Combination | None | str = "trained"
                       ) -> tuple[ScoreTable, torch.Tensor]:
     """Per-image l_enc, l_con, l_adv, l_grad, the gradient part's `mse` and per-layer cosines
-    `cos_<layer>`, `gradcon` (GradCon's score on this network, `gradcon_term`), and `score`
+    `cos_<layer>`, `gradcon` (GradCon's score on this network, mse + grad_weight * l_grad), and `score`
     (the combination; l_enc when none is fitted yet), plus the latent codes z. `images`: an
     ImageSet, a tensor in [-1, 1] or an iterable of batches.
     Eval mode, batched, no test statistic."""
@@ -330,7 +325,8 @@ def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None 
         g.train(mode)
     table["l_grad"] = grad_table["l_grad"]
     table["mse"] = grad_table["mse"]
-    table["gradcon"] = gradcon_term(table, trained.config.grad_weight)
+    table["gradcon"] = gradcon.score_from_terms(table["mse"], table["l_grad"],
+                                                trained.config.grad_weight)
     table |= {k: v for k, v in grad_table.items() if k.startswith("cos_")}
     if combination == "trained":
         combination = trained.combination
@@ -383,6 +379,6 @@ def cluster_agreement(features, classes, *, n_clusters: int | None = None, seed:
 
 
 __all__ = ["HybridConfig", "Reconstructor", "SCORE_TERMS", "TERMS", "TERM_SETS",
-           "candidate_scores", "gradcon_term", "TrainedHybrid", "cluster_agreement",
+           "candidate_scores", "TrainedHybrid", "cluster_agreement",
            "gradient_features", "gradient_layers", "hybrid_step", "load", "score",
            "score_with_latent", "train"]
