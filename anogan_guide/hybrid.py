@@ -11,18 +11,14 @@ it as a plain number, `.item()`, which changes nothing). The gradient is that of
 reconstruction loss x vs x_hat (smooth, where the L1 of L_con would give a sign pattern);
 ref_W is its running average over the training steps, saved in the checkpoint (`extra`).
 
-Scoring keeps every term per image: l_enc, l_con, l_adv (GANomaly's batched eval-mode pass) and
-l_grad with each decoder layer's cosine (GradCon's exact batched per-sample machinery applied
-to the generator's reconstruction path E1 -> decoder). The final score combines the terms after
-standardising each with the mean and standard deviation of the validation normals
-(`evaluate.Standardizer`), combined by a rule fitted on the validation normals only
-(`fit_combination`): `max` (the largest z-score, i.e. the term most unusual for a normal image),
-`equal` weights (the mean z-score), `min_variance` (the non-negative weights, summing to one,
-that make the combined validation score most concentrated), or `pseudo` (the default): of those
-three rules and each term alone, the candidate that best separates the validation normals from
-their `pseudo_anomalies` (the same images turned and mirrored). A rule fitted on normals alone
-cannot tell which terms rise for anomalies; on MNIST some do not (class 0: L_adv at chance), and
-every fixed rule then scored below L_enc alone. No test image or label is involved.
+Scoring keeps every term per image: l_enc, l_con, l_adv (GANomaly's batched eval-mode pass),
+l_grad with each decoder layer's cosine and mse (GradCon's exact batched per-sample machinery
+applied to the generator's reconstruction path E1 -> decoder), and `gradcon` (GradCon's score
+from those two). The final score combines terms standardised with the validation normals'
+statistics (`fusion`): by default z(l_enc) + 0.25 z(l_grad) (`weighting="fixed"`), the rule
+chosen on the development split among the candidates of `candidate_scores` (README, "How the
+defaults were chosen"); the other weightings fit their weights on the validation normals of the
+run. No test image or label is involved.
 """
 
 from __future__ import annotations
