@@ -66,7 +66,7 @@ def metrics(test_scores, test_labels, threshold: float) -> dict[str, float]:
 
     scores, labels = _np(test_scores), _np(test_labels).astype(int)
     if not np.isfinite(scores).all():
-        raise ValueError("some test scores are NaN or infinite; check the model and its training")
+        raise ValueError("some scores are NaN or infinite; check the model and its training")
     if len(np.unique(labels)) < 2:
         raise ValueError("the test set holds only one kind of image (all normal or all anomalous); "
                          "AUROC needs both")
@@ -77,7 +77,8 @@ def metrics(test_scores, test_labels, threshold: float) -> dict[str, float]:
 
 def dev_metrics(val_scores, dev_scores) -> dict | None:
     """AUROC and AUPRC of the validation normals (0) against the development anomalies (1): the
-    figure global defaults are chosen on. None without development anomalies."""
+    figure global defaults are chosen on (also: against any stand-in anomalies). None without
+    anomalies."""
     if dev_scores is None or len(dev_scores) == 0:
         return None
     val, dev = _np(val_scores), _np(dev_scores)

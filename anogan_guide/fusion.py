@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .evaluate import Standardizer
+from .evaluate import Standardizer, dev_metrics
 
 WEIGHTINGS = ("pseudo", "equal", "min_variance", "max", "fixed")
 RULES = ("equal", "min_variance", "max")  # the rules `pseudo` chooses from, beside single terms
@@ -107,12 +107,9 @@ def pseudo_anomalies(images: torch.Tensor) -> torch.Tensor:
 
 
 def separation(values_normal: torch.Tensor, values_pseudo: torch.Tensor) -> float:
-    """AUROC of a score separating validation normals (0) from their pseudo-anomalies (1)."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.r_[np.zeros(len(values_normal)), np.ones(len(values_pseudo))]
-    values = torch.cat([values_normal, values_pseudo]).double().numpy()
-    return float(roc_auc_score(labels, values))
+    """AUROC of a score separating validation normals (0) from their pseudo-anomalies (1), as
+    the development figure separates them from other classes' images."""
+    return dev_metrics(values_normal, values_pseudo)["auroc"]
 
 
 def candidate_combinations(val_table: Mapping[str, torch.Tensor], terms: Sequence[str]
@@ -181,8 +178,6 @@ def ablation(val_table: Mapping[str, torch.Tensor], test_table: Mapping[str, tor
     (validation normals vs `dev_table`) only with a `dev_table`. Rows {"score", "weights",
     "dev_auroc", "auroc"}."""
     from sklearn.metrics import roc_auc_score
-
-    from .evaluate import dev_metrics
 
     labels = np.asarray(test_labels).astype(int)
     rows = []
