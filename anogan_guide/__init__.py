@@ -1,7 +1,7 @@
 """The AnoGAN Guidebook's supporting package: data, networks, methods, evaluation and plots."""
 
-from . import anogan, ganomaly, gradcon, hybrid
-from .anogan import AnoganConfig, FanoganConfig, LatentMap, map_latent
+from . import anogan, fanogan, ganomaly, gradcon, hybrid, latent, nets
+from .anogan import AnoganConfig
 from .data import (
     ImageSet,
     OneClassSplit,
@@ -11,9 +11,11 @@ from .data import (
     stratified_sample,
     subsample_test,
 )
+from .fanogan import FanoganConfig
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .gradcon import GradConConfig, gradcon_scores
 from .hybrid import HybridConfig, TrainedHybrid
+from .latent import LatentMap, map_latent
 from .nets import (
     Discriminator,
     GanomalyDiscriminator,
@@ -25,7 +27,7 @@ from .runs import Run, open_run, pick_device, seed_everything
 
 __all__ = [
     "AnoganConfig", "Discriminator", "FanoganConfig", "Generator", "LatentMap", "anogan",
-    "map_latent",
+    "fanogan", "latent", "map_latent", "nets",
     "GanomalyConfig", "GanomalyDiscriminator", "GanomalyGenerator", "TrainedGanomaly", "ganomaly",
     "GradConAE", "GradConConfig", "gradcon", "gradcon_scores",
     "HybridConfig", "TrainedHybrid", "hybrid",

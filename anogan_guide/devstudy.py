@@ -32,18 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .anogan import combine
 from .evaluate import dev_metrics, read_metrics
 from .fusion import fit_combination
 from .gradcon import GRAD_WEIGHT, score_from_terms
 from .hybrid import HybridConfig, candidate_scores
+from .latent import combine
 from .runs import Run, atomic_path
 from .sweep import SweepError, parse_list, plan_runs, split_matches
 
 Table = Mapping[str, torch.Tensor]
 Rule = Callable[[Table], Callable[[Table], torch.Tensor]]  # fitted on val -> scores a table
 
-GRAD_WEIGHTS = (0.0, 0.03, 0.06, 0.12, 0.25, 0.5, 1.0)
+GRAD_WEIGHTS = (0.0, 0.015, 0.03, 0.06, 0.12, 0.25, 0.5, 1.0)
 LAMBDAS = (0.0, 0.05, 0.1, 0.2, 0.5, 0.9)
 SELECT_CRITERIA = ("l_enc_rel", "l_enc", "l_con", "last")
 

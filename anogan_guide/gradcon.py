@@ -81,11 +81,6 @@ class TrainedGradCon:
         return list(self.reference)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """The number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -472,7 +467,7 @@ def save_reconstructions(trained: TrainedGradCon, images: torch.Tensor, path: st
     return grid
 
 
-__all__ = ["GradConConfig", "TrainedGradCon", "cosine", "count_parameters", "gradcon_scores",
+__all__ = ["GradConConfig", "TrainedGradCon", "cosine", "gradcon_scores",
            "gradcon_step", "gradient_loss", "load", "per_image_gradients",
            "save_reconstructions", "score", "score_table", "train",
            "update_reference", "validation_loss"]

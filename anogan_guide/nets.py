@@ -199,3 +199,8 @@ class GradConAE(nn.Module):
         """Names (as in named_parameters) of the decoder's transposed-conv weights."""
         return [f"decoder.{i}.weight" for i, m in enumerate(self.decoder)
                 if isinstance(m, nn.ConvTranspose2d)]
+
+
+def parameter_count(module: nn.Module) -> int:
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -171,3 +171,12 @@ def load_trained(run: Run, method: str, models: dict[str, torch.nn.Module], *,
     for model in models.values():
         model.eval()
     return checkpoint
+
+
+def total_train_seconds(run: Run, method: str, metrics: dict) -> float:
+    """The whole training time (the last checkpoint's), also when the best epoch was earlier;
+    `metrics` (the loaded checkpoint's) when there is no last checkpoint."""
+    last = run.checkpoint(method, "last")
+    if last.is_file():
+        return float(read_checkpoint(last)["metrics"].get("train_seconds", 0.0))
+    return float(metrics.get("train_seconds", 0.0))

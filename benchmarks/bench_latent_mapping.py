@@ -21,7 +21,7 @@ import sys
 import torch
 
 import anogan_guide as ag
-from anogan_guide import anogan
+from anogan_guide import anogan, fanogan, latent
 from anogan_guide.runs import timed
 
 
@@ -30,7 +30,7 @@ def textbook_map(generator, discriminator, images, iterations, lr, lam, seed) ->
     one image at a time, weights left trainable, f(x) recomputed at every step."""
     generator.eval()
     discriminator.eval()
-    z0 = anogan.initial_latents(len(images), generator.latent_dim, seed)
+    z0 = latent.initial_latents(len(images), generator.latent_dim, seed)
     scores = []
     for i in range(len(images)):
         x = images[i:i + 1]
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--sample", type=int, default=16, help="images mapped one at a time")
     p.add_argument("--iterations", type=int, default=400)
-    p.add_argument("--lr", type=float, default=anogan.MAP_LR)
-    p.add_argument("--lam", type=float, default=anogan.LAMBDA)
+    p.add_argument("--lr", type=float, default=latent.MAP_LR)
+    p.add_argument("--lam", type=float, default=latent.LAMBDA)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                                   data_root=saved["data_root"], image_size=saved["image_size"],
                                   seed=saved["seed"], val_fraction=saved["val_fraction"])
         if run.checkpoint(anogan.encoder_method(args.gan_loss), "best").is_file():
-            encoder = anogan.load_encoder(run, dev, gan_loss=args.gan_loss)
+            encoder = fanogan.load_encoder(run, dev, gan_loss=args.gan_loss)
     else:
         split = ag.load_one_class("digits", 0, image_size=args.image_size)
         gan = anogan.TrainedGAN(*anogan.build_gan(split.image_size, split.channels,
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| mapping | AUROC | images/s | speed-up vs search |\n|---|---|---|---|")
         rows = {"iterative": (batched, t_batched)}
         for kind in ("encoder", "encoder+refine"):
-            rows[kind] = timed(lambda kind=kind: anogan.map_images(
+            rows[kind] = timed(lambda kind=kind: latent.map_images(
                 encoder, x, mapping=kind, batch_size=args.batch_size, **kw))
         from anogan_guide.evaluate import metrics
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import anogan_guide as ag
-from anogan_guide import anogan
+from anogan_guide import anogan, fanogan, latent
 from anogan_guide.training import NonFiniteLossError
 
 
@@ -87,11 +87,11 @@ def test_batched_mapping_equals_one_image_at_a_time():
 def test_mapping_matches_the_textbook_loop():
     g, d = _gan()
     x = _images(4)
-    z0 = anogan.initial_latents(4, 100, seed=0)
+    z0 = latent.initial_latents(4, 100, seed=0)
     ref = _naive_scores(g, d, x, z0, iterations=25, lr=0.01, lam=0.3)
     got = ag.map_latent(g, d, x, iterations=25, lr=0.01, lam=0.3, seed=0, progress_bar=False)
     assert torch.allclose(got.score, ref, rtol=1e-4)
-    assert torch.allclose(got.score, anogan.combine(got.residual, got.discrimination, 0.3))
+    assert torch.allclose(got.score, latent.combine(got.residual, got.discrimination, 0.3))
 
 
 def test_start_z_depends_on_seed_and_position_only():
@@ -101,7 +101,7 @@ def test_start_z_depends_on_seed_and_position_only():
     b = ag.map_latent(g, d, x[:3], iterations=0, seed=5, batch_size=1, progress_bar=False)
     c = ag.map_latent(g, d, x, iterations=0, seed=6, progress_bar=False)
     assert torch.equal(a.z[:3], b.z)
-    assert torch.equal(a.z, anogan.initial_latents(6, 100, 5))
+    assert torch.equal(a.z, latent.initial_latents(6, 100, 5))
     assert not torch.equal(a.z, c.z)
     # iterations=0 scores the start z itself, with G and D in eval mode
     g.eval()
@@ -224,21 +224,21 @@ def test_config_rejects_unknown_loss():
 def test_encoder_mappings(split, tmp_path):
     run = ag.open_run(tmp_path)
     gan = anogan.train(split, _config(epochs=1, val_iterations=0), run, "cpu")
-    enc = anogan.train_encoder(split, gan, ag.FanoganConfig(epochs=2, batch_size=32), run, "cpu")
+    enc = fanogan.train_encoder(split, gan, ag.FanoganConfig(epochs=2, batch_size=32), run, "cpu")
     assert run.checkpoint("fanogan", "best").is_file()
-    loaded = anogan.load_encoder(run, which="last")
+    loaded = fanogan.load_encoder(run, which="last")
     assert torch.equal(loaded.encoder.state_dict()["net.head.weight"],
                        enc.encoder.state_dict()["net.head.weight"])
     x = split.test.in_range(-1, 1).tensors()[:10]
-    fast = anogan.map_images(loaded, x, mapping="encoder", progress_bar=False)
-    refined = anogan.map_images(loaded, x, mapping="encoder+refine", refine_iterations=20,
+    fast = latent.map_images(loaded, x, mapping="encoder", progress_bar=False)
+    refined = latent.map_images(loaded, x, mapping="encoder+refine", refine_iterations=20,
                                 lr=0.05, progress_bar=False)
-    assert torch.allclose(fast.z, anogan.encode(loaded.encoder, x))
+    assert torch.allclose(fast.z, latent.encode(loaded.encoder, x))
     assert refined.score.mean() < fast.score.mean()
-    table = anogan.score(loaded, split.test, mapping="encoder", progress_bar=False)
+    table = latent.score(loaded, split.test, mapping="encoder", progress_bar=False)
     assert set(table) == {"residual", "discrimination", "score"}
     assert len(table["score"]) == len(split.test)
     with pytest.raises(ValueError, match="encoder"):
-        anogan.map_images(gan, x, mapping="encoder")
+        latent.map_images(gan, x, mapping="encoder")
     with pytest.raises(ValueError, match="mapping"):
-        anogan.map_images(gan, x, mapping="magic")
+        latent.map_images(gan, x, mapping="magic")

@@ -35,7 +35,7 @@ def model_and_data():
 
 def test_parameter_count_and_gradient_layers():
     model = GradConAE(image_size=28, channels=1)
-    assert gc.count_parameters(model) == 230_721
+    assert ag.nets.parameter_count(model) == 230_721
     assert model.gradient_layers() == [f"decoder.{i}.weight" for i in (0, 2, 4, 6)]
     for size in (16, 32):
         assert GradConAE(size)(torch.rand(2, 1, size, size)).shape == (2, 1, size, size)
@@ -52,7 +52,7 @@ def test_colour_images_at_cifars_sizes(size):
     params = dict(model.named_parameters())
     assert params[model.gradient_layers()[-1]].shape == (32, 3, 4, 4)  # last layer: 3 channels
     # two more input channels in the first conv and output channels in the last (and 2 biases)
-    assert gc.count_parameters(model) == 230_721 + 2 * (2 * 32 * 4 * 4) + 2 == 232_771
+    assert ag.nets.parameter_count(model) == 230_721 + 2 * (2 * 32 * 4 * 4) + 2 == 232_771
     ref = _trained_reference(model, x)
     model.eval()
     one = gradcon_scores(model, ref, x[:20], batch_size=1)
