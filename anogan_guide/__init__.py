@@ -1,6 +1,6 @@
 """The AnoGAN Guidebook's supporting package: data, networks, methods, evaluation and plots."""
 
-from . import anogan, fanogan, ganomaly, gradcon, hybrid, latent, nets
+from . import anogan, fanogan, ganomaly, gradcon, gradscore, hybrid, latent, nets
 from .anogan import AnoganConfig
 from .data import (
     ImageSet,
@@ -13,7 +13,8 @@ from .data import (
 )
 from .fanogan import FanoganConfig
 from .ganomaly import GanomalyConfig, TrainedGanomaly
-from .gradcon import GradConConfig, gradcon_scores
+from .gradcon import GradConConfig
+from .gradscore import gradcon_scores
 from .hybrid import HybridConfig, TrainedHybrid
 from .latent import LatentMap, map_latent
 from .nets import (
@@ -29,7 +30,7 @@ __all__ = [
     "AnoganConfig", "Discriminator", "FanoganConfig", "Generator", "LatentMap", "anogan",
     "fanogan", "latent", "map_latent", "nets",
     "GanomalyConfig", "GanomalyDiscriminator", "GanomalyGenerator", "TrainedGanomaly", "ganomaly",
-    "GradConAE", "GradConConfig", "gradcon", "gradcon_scores",
+    "GradConAE", "GradConConfig", "gradcon", "gradcon_scores", "gradscore",
     "HybridConfig", "TrainedHybrid", "hybrid",
     "ImageSet", "OneClassSplit", "Run", "load_one_class", "load_split", "open_run",
     "pick_device", "save_split", "seed_everything", "stratified_sample", "subsample_test",

@@ -34,7 +34,7 @@ import torch
 
 from .evaluate import dev_metrics, read_metrics
 from .fusion import fit_combination
-from .gradcon import GRAD_WEIGHT, score_from_terms
+from .gradscore import GRAD_WEIGHT, score_from_terms
 from .hybrid import HybridConfig, candidate_scores
 from .latent import combine
 from .runs import Run, atomic_path

@@ -2,7 +2,7 @@
 
 Networks and losses are GANomaly's (`ganomaly.py`): encoder E1 -> decoder -> encoder E2 and a
 DCGAN discriminator, L_G = w_adv L_adv + w_con L_con + w_enc L_enc. To that the hybrid adds
-GradCon's gradient term (`gradcon.py`) on the decoder's transposed-conv weights W:
+GradCon's gradient term (`gradcon.py`, scored by `gradscore.py`) on the decoder's transposed-conv weights W:
 
     L_grad = -mean_W cos(dMSE/dW, ref_W),      L = L_G + beta * L_grad      (beta ~ 0.03)
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ganomaly, gradcon
+from . import ganomaly, gradcon, gradscore
 from .data import OneClassSplit
 from .fusion import COMBINATION_PREFIX, WEIGHTINGS, Combination, fit_combination, pseudo_anomalies
 from .ganomaly import GanomalyConfig, TrainedGanomaly
@@ -72,7 +72,7 @@ class HybridConfig(GanomalyConfig):
     """GANomaly's parameters plus the gradient term's weight and the score combination."""
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
-    grad_weight: float = gradcon.GRAD_WEIGHT  # the `gradcon` term: mse + grad_weight * l_grad
+    grad_weight: float = gradscore.GRAD_WEIGHT  # the `gradcon` term: mse + grad_weight * l_grad
     # the score: z(l_enc) + 0.25 z(l_grad), chosen on the development split (README)
     weighting: str = "fixed"  # how the z-scored terms combine: fixed | pseudo | equal | min_variance | max
     score_terms: str = "l_enc,l_grad"  # the terms the score combines (of SCORE_TERMS)
@@ -315,13 +315,13 @@ def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None 
     g = trained.generator
     mode = g.training
     try:
-        grad_table = gradcon.score_table(Reconstructor(g), trained.reference, images,
+        grad_table = gradscore.score_table(Reconstructor(g), trained.reference, images,
                                          batch_size=batch_size)
     finally:
         g.train(mode)
     table["l_grad"] = grad_table["l_grad"]
     table["mse"] = grad_table["mse"]
-    table["gradcon"] = gradcon.score_from_terms(table["mse"], table["l_grad"],
+    table["gradcon"] = gradscore.score_from_terms(table["mse"], table["l_grad"],
                                                 trained.config.grad_weight)
     table |= {k: v for k, v in grad_table.items() if k.startswith("cos_")}
     if combination == "trained":
@@ -351,12 +351,12 @@ def gradient_features(trained: TrainedHybrid, images: torch.Tensor, *, layer: in
     name = list(trained.reference)[layer]
     device = next(g.parameters()).device
     try:
-        out = [gradcon.per_image_gradients(Reconstructor(g), [name], x.to(device))[name]
+        out = [gradscore.per_image_gradients(Reconstructor(g), [name], x.to(device))[name]
                .flatten(1).cpu() for x in images.split(batch_size)]
     finally:
         g.train(mode)
     feats = torch.cat(out)
-    return feats / feats.norm(dim=1, keepdim=True).clamp_min(gradcon.EPS)
+    return feats / feats.norm(dim=1, keepdim=True).clamp_min(gradscore.EPS)
 
 
 def cluster_agreement(features, classes, *, n_clusters: int | None = None, seed: int = 0

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import anogan_guide as ag
-from anogan_guide import gradcon
+from anogan_guide import gradcon, gradscore
 from anogan_guide.runs import REPO_ROOT
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -57,7 +57,7 @@ def vmap_scores(model, reference, images, batch_size=256, grad_weight=0.12) -> t
     torch.func (functional_call + vmap + grad), then the cosines."""
     out = []
     for x in images.split(batch_size):
-        grads = gradcon.per_image_gradients(model, list(reference), x)
+        grads = gradscore.per_image_gradients(model, list(reference), x)
         with torch.no_grad():
             mse = (model(x) - x).pow(2).flatten(1).mean(1)
         cos = torch.stack([F.cosine_similarity(grads[n].flatten(1), r.reshape(1, -1), dim=1)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import anogan_guide as ag
-from anogan_guide import GradConAE, gradcon_scores
+from anogan_guide import GradConAE, gradcon_scores, gradscore
 from anogan_guide import gradcon as gc
 
 
@@ -78,8 +78,8 @@ def test_batched_scores_equal_one_backward_per_image(model_and_data):
 
 def test_score_terms_match_autograd_and_vmap(model_and_data):
     model, ref, x = model_and_data
-    table = gc.score_table(model, ref, x[:24], batch_size=256, grad_weight=0.12)
-    per_image = gc.per_image_gradients(model, list(ref), x[:24])
+    table = gradscore.score_table(model, ref, x[:24], batch_size=256, grad_weight=0.12)
+    per_image = gradscore.per_image_gradients(model, list(ref), x[:24])
     for name, r in ref.items():
         g = per_image[name].flatten(1)
         cos = g @ r.flatten() / (g.norm(dim=1) * r.norm())
