@@ -32,6 +32,9 @@ from .training import TrainingLoop, load_trained
 METHOD = "gradcon"
 REF_PREFIX = "ref/"  # reference gradients in the checkpoint's `extra` dict: "ref/<param name>"
 REF_STEPS = "ref_steps"  # how many training steps the running averages hold
+# config keys used only when scoring: a finished training is re-scored with new values of these
+# (`-p resume true`), any other change trains again
+SCORE_KEYS = ("grad_weight", "score_batch_size")
 
 
 @dataclass
@@ -143,7 +146,8 @@ def train(split: OneClassSplit, config: GradConConfig, run: Run,
     shuffle = torch.Generator().manual_seed(config.seed)
     loop = TrainingLoop(run, METHOD, asdict(config) | _arch(split), models={"ae": model},
                         optimizers={"adam": optimizer}, epochs=config.epochs,
-                        resume=config.resume, generators=(shuffle,), extra=extra)
+                        resume=config.resume, generators=(shuffle,), extra=extra,
+                        score_keys=SCORE_KEYS)
     # after a resume the loop holds the restored tensors: train on those
     reference = {k: loop.extra[REF_PREFIX + k] for k in reference}
     steps = loop.extra[REF_STEPS]

@@ -211,12 +211,15 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
     reference = {n: torch.zeros_like(params[n]) for n in gradient_layers(g)}
     steps = torch.zeros((), dtype=torch.long)
     shuffle = torch.Generator().manual_seed(config.seed)
+    # the score's combination is fitted during training (each epoch, on its validation scores):
+    # on resume only the scoring batch size may change, a new weighting or term trains again
     loop = TrainingLoop(run, METHOD, ganomaly._config_dict(config, split),
                         models={"generator": g, "discriminator": d},
                         optimizers={"generator": opt_g, "discriminator": opt_d},
                         epochs=config.epochs, resume=config.resume, arch_keys=ganomaly.ARCH_KEYS,
                         generators=(shuffle,),
-                        extra=_extra(reference, steps, None, len(config.terms)))
+                        extra=_extra(reference, steps, None, len(config.terms)),
+                        score_keys=("score_batch_size",))
     # after a resume the loop holds the restored tensors: train on those
     reference = {k: loop.extra[gradcon.REF_PREFIX + k].to(device) for k in reference}
     steps = loop.extra[gradcon.REF_STEPS]

@@ -35,6 +35,9 @@ from .runs import (
     set_rng_state,
 )
 
+# config keys that may change on resume: more epochs continue the training, and resume itself
+RESUME_FREE_KEYS = ("epochs", "resume")
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training stopped and the last good checkpoint stays."""
@@ -47,7 +50,8 @@ class TrainingLoop:
                  optimizers: dict[str, torch.optim.Optimizer], epochs: int, resume: bool = False,
                  arch_keys: Sequence[str] = ("image_size", "channels"),
                  generators: Sequence[torch.Generator] = (),
-                 extra: dict[str, torch.Tensor] | None = None) -> None:
+                 extra: dict[str, torch.Tensor] | None = None,
+                 score_keys: Sequence[str] = ()) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1 (got {epochs}); pass e.g. -p epochs 5")
         self.run, self.method, self.config = run, method, dict(config)
@@ -64,15 +68,27 @@ class TrainingLoop:
         self.resumed_from: int | None = None
         last = run.checkpoint(method, "last")
         if resume and last.is_file():
-            self._resume(last, arch_keys)
+            self._resume(last, arch_keys, score_keys)
 
     # -- resume ---------------------------------------------------------------------------------
-    def _resume(self, path: Path, arch_keys: Sequence[str]) -> None:
+    def _resume(self, path: Path, arch_keys: Sequence[str], score_keys: Sequence[str]) -> None:
         checkpoint = read_checkpoint(path)
         if checkpoint.get("method") != self.method:
             raise CheckpointError(f"{path} holds a {checkpoint.get('method')!r} model, not "
                                   f"{self.method!r}; use another run_dir or resume=False")
         load_config_checked(checkpoint, self.config, path, arch_keys)
+        # any other training parameter must match too: resuming would mix two trainings (a new
+        # best-epoch criterion, say, would never see the epochs already trained)
+        free = {*RESUME_FREE_KEYS, *score_keys}
+        saved = checkpoint.get("config", {})
+        changed = {k: (saved.get(k), self.config.get(k)) for k in sorted({*saved, *self.config})
+                   if k not in free and saved.get(k) != self.config.get(k)}
+        if changed:
+            desc = ", ".join(f"{k}={old!r} there vs {new!r} here"
+                             for k, (old, new) in changed.items())
+            raise CheckpointError(f"{path} was trained with other parameters ({desc}); resuming "
+                                  f"would mix two trainings: use the same parameters, or "
+                                  f"resume=False to train again")
         restore_models(checkpoint, self.models, self.optimizers, path)
         set_rng_state(checkpoint["rng"], *self.generators)
         self.epoch = checkpoint["epoch"]

@@ -121,3 +121,20 @@ def test_pick_device():
     assert pick_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ValueError, match="not a torch device"):
         pick_device("gpu please")
+
+
+def test_resume_refuses_other_training_parameters(tmp_path):
+    """Resuming with another training parameter would mix two trainings: refused in one line;
+    more epochs and the keys a method declares score-only may change."""
+    run = open_run(tmp_path)
+    loop = TrainingLoop(run, "tiny", {"width": 4, "select": "l_enc_rel", "grad_weight": 0.1},
+                        models={"net": nn.Linear(3, 1)}, optimizers={}, epochs=1)
+    for _ in loop.epochs():
+        loop.end_epoch(val_loss=1.0)
+    with pytest.raises(CheckpointError, match="select='l_enc_rel' there vs 'l_enc' here"):
+        TrainingLoop(run, "tiny", {"width": 4, "select": "l_enc", "grad_weight": 0.1},
+                     models={"net": nn.Linear(3, 1)}, optimizers={}, epochs=1, resume=True)
+    again = TrainingLoop(run, "tiny", {"width": 4, "select": "l_enc_rel", "grad_weight": 0.5,
+                                       "epochs": 3}, models={"net": nn.Linear(3, 1)},
+                         optimizers={}, epochs=3, resume=True, score_keys=("grad_weight",))
+    assert again.resumed_from == 1
