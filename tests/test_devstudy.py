@@ -40,7 +40,7 @@ def test_grad_weight_is_judged_on_development_scores_and_the_test_part_is_never_
     assert 0.4 < means["grad_weight 0"] < 0.6 and means["grad_weight 1"] > 0.95
     assert max(means, key=means.get) == "grad_weight 1"
     text = devstudy.study([("digits", [0, 1, 2], [0], tmp_path)])
-    assert "| **grad_weight 1** |" in text and "| grad_weight 0.12 (default) |" in text
+    assert "| **grad_weight 1** |" in text and "| grad_weight 0.03 (default) |" in text
     assert "nan" not in text
 
 
