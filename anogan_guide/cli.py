@@ -19,6 +19,7 @@ runs the same notebooks for every (class, seed) and writes DIR/results.csv and r
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import shutil
 import signal
@@ -73,6 +74,18 @@ def _inspect(notebook: str, mtime_ns: int) -> dict[str, dict]:
     import papermill
 
     return papermill.inspect_notebook(notebook)
+
+
+def notebook_defaults(notebook: Path) -> dict:
+    """The default value of each parameter of a notebook's `parameters` cell (a Python literal;
+    any other expression as its source text)."""
+    def value(source: str):
+        try:
+            return ast.literal_eval(source)
+        except (ValueError, SyntaxError):
+            return source
+
+    return {name: value(p["default"]) for name, p in declared_parameters(notebook).items()}
 
 
 def read_params_file(path: str | None) -> tuple[dict, dict]:
@@ -158,7 +171,7 @@ def execute(notebooks: list[Path], plans: list[dict], out: Path) -> None:
             raise RunFailed(f"{nb.name} failed in cell [{err.exec_count}] "
                             f"({_first_line(target, err.exec_count)}): {err.ename}: "
                             f"{err.evalue}; executed copy: {target}") from None
-        record_parameters(Run(out), nb.stem, params)
+        record_parameters(Run(out), nb.stem, params, notebook_defaults(nb))
 
 
 @lru_cache(maxsize=1)
@@ -309,7 +322,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # kill, a batch system's time limit: as Ctrl-C
     try:
         outcome = sweep.sweep(args.dataset, classes, seeds, methods, out, plan=plan,
-                              engine=engine, keep_different=args.keep_different)
+                              engine=engine, keep_different=args.keep_different,
+                              defaults={nb.stem: notebook_defaults(nb) for nb in notebooks})
     except engines.EngineError as err:
         raise UsageError(str(err)) from None
     results.write_results(args.dataset, classes, seeds, out, flagged=outcome.kept_different,

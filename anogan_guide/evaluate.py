@@ -162,19 +162,22 @@ def write_split_sizes(run: Run, split: OneClassSplit) -> dict:
     return data
 
 
-def record_parameters(run: Run, notebook: str, params: dict | None) -> None:
-    """Record in metrics.json the resolved parameters a notebook ran with (None: forget them, as
-    `anogan-guide run` does before running it, so that an entry the notebook leaves half-made
-    never carries parameters). Written atomically; without a metrics.json there is nothing
-    to describe, and nothing is written."""
+def record_parameters(run: Run, notebook: str, params: dict | None,
+                      defaults: dict | None = None) -> None:
+    """Record in metrics.json the parameters passed to a notebook and its parameters cell's
+    defaults (params None: forget both, as `anogan-guide run` does before running it, so that an
+    entry the notebook leaves half-made never carries parameters). Written atomically; without
+    a metrics.json there is nothing to describe, and nothing is written."""
     data = read_metrics(run)
     if not data or (params is None and notebook not in data.get("parameters", {})):
         return
-    recorded = data.setdefault("parameters", {})
+    recorded, recorded_defaults = data.setdefault("parameters", {}), data.setdefault("defaults", {})
     if params is None:
         del recorded[notebook]
+        recorded_defaults.pop(notebook, None)
     else:
         recorded[notebook] = params
+        recorded_defaults[notebook] = defaults or {}
     write_json(run.metrics_path, data)
 
 

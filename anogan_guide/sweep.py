@@ -6,18 +6,19 @@
 
 Each (class, seed) is one run folder, DIR/<dataset>/class<c>_seed<s>/, filled by
 `anogan-guide run` in a subprocess (00_data_prep plus the notebooks of the chosen methods) on an
-engine (engines.py: this machine, or a Ray cluster). Each run records the resolved parameters of
-every notebook it ran (metrics.json's "parameters"); a method already there with the requested
-parameters is skipped, one made with others runs again (or, with --keep-different, is kept and
-flagged), so the same command resumes an interrupted sweep and a changed parameter re-runs what
-it changes. The results files come from results.py.
+engine (engines.py: this machine, or a Ray cluster). Each run records the parameters passed to
+every notebook it ran and the defaults of that notebook's parameters cell (metrics.json's
+"parameters" and "defaults"); a method already there with the requested values is skipped, one
+made with others (passed or default) runs again (or, with --keep-different, is kept and
+flagged), so the same command resumes an interrupted sweep and a changed parameter or default
+re-runs what it changes. The results files come from results.py.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,11 +131,30 @@ def comparable(params: dict) -> dict:
     return {k: v for k, v in json.loads(json.dumps(params)).items() if k not in RECORD_IGNORES}
 
 
-def method_status(data: dict, run: SweepRun, method: str, requested: dict[str, dict]) -> str:
+def effective(passed: dict, defaults: Mapping | None) -> dict:
+    """The comparable values a notebook runs with: its parameters cell's defaults, overridden by
+    the values passed to it."""
+    return comparable({**(defaults or {}), **passed})
+
+
+def _compared(data: dict, stem: str, requested: dict[str, dict],
+              defaults: Mapping[str, dict] | None) -> tuple[dict, dict]:
+    """(recorded, requested) values of one notebook, as completely as the record allows: every
+    value when the run recorded its notebook's defaults (so a changed default re-runs it), else
+    the passed values only (a record from before defaults were recorded)."""
+    recorded_defaults = data.get("defaults", {}).get(stem)
+    if recorded_defaults is None or defaults is None:
+        return comparable(data["parameters"][stem]), comparable(requested[stem])
+    return (effective(data["parameters"][stem], recorded_defaults),
+            effective(requested[stem], defaults.get(stem)))
+
+
+def method_status(data: dict, run: SweepRun, method: str, requested: dict[str, dict],
+                  defaults: Mapping[str, dict] | None = None) -> str:
     """"missing" (no entry; one whose notebooks' parameters are not all recorded: its run was
     interrupted, or made before runs recorded them; one without development figures),
     "different" (made with other parameters than `requested`, the resolved parameters per
-    notebook) or "same"."""
+    notebook, over `defaults`, each notebook's parameters-cell defaults now) or "same"."""
     entries = [e for name, e in data.get("methods", {}).items() if name in METHOD_ENTRIES[method]]
     if not split_matches(run, data) or not entries or any("dev" not in e for e in entries):
         return "missing"  # (an entry without development figures predates them)
@@ -142,15 +162,16 @@ def method_status(data: dict, run: SweepRun, method: str, requested: dict[str, d
     stems = (DATA_PREP, *METHOD_NOTEBOOKS[method])
     if any(stem not in recorded for stem in stems):
         return "missing"
-    same = all(comparable(recorded[stem]) == comparable(requested[stem]) for stem in stems)
+    same = all(a == b for a, b in (_compared(data, stem, requested, defaults) for stem in stems))
     return "same" if same else "different"
 
 
-def parameter_changes(data: dict, method: str, requested: dict[str, dict]) -> str:
+def parameter_changes(data: dict, method: str, requested: dict[str, dict],
+                      defaults: Mapping[str, dict] | None = None) -> str:
     """What differs between a method's recorded and requested parameters, for results.md."""
     changes = []
     for stem in (DATA_PREP, *METHOD_NOTEBOOKS[method]):
-        old, new = comparable(data["parameters"][stem]), comparable(requested[stem])
+        old, new = _compared(data, stem, requested, defaults)
         changes += [f"{k} {old.get(k, 'default')} (requested {new.get(k, 'default')})"
                     for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return ", ".join(dict.fromkeys(changes))
@@ -183,24 +204,25 @@ class SweepOutcome:
 
 
 def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
-               plan: Callable[[SweepRun], dict[str, dict]], *, keep_different: bool = False
-               ) -> tuple[list[Task], SweepOutcome]:
+               plan: Callable[[SweepRun], dict[str, dict]], *, keep_different: bool = False,
+               defaults: Mapping[str, dict] | None = None) -> tuple[list[Task], SweepOutcome]:
     """The task of each run that has work left, with its parameters file written. A chosen
     method that is missing runs; one made with other parameters runs again (its entry replaced
     when it finishes) unless `keep_different`, which keeps it and records it for results.md.
-    `plan` gives a run's resolved parameters per notebook."""
+    `plan` gives a run's resolved parameters per notebook, `defaults` each notebook's
+    parameters-cell defaults."""
     tasks, outcome = [], SweepOutcome()
     for run in runs:
         requested = plan(run)
         data = read_metrics(Run(run.folder))
-        status = {m: method_status(data, run, m, requested) for m in methods}
+        status = {m: method_status(data, run, m, requested, defaults) for m in methods}
         todo = [m for m in methods if status[m] == "missing"
                 or (status[m] == "different" and not keep_different)]
         for m in methods:
             if status[m] == "different" and keep_different:
                 for entry in set(data["methods"]) & set(METHOD_ENTRIES[m]):
                     outcome.kept_different[(str(run.normal_class), run.seed, entry)] = \
-                        parameter_changes(data, m, requested)
+                        parameter_changes(data, m, requested, defaults)
         if not todo:
             outcome.skipped += 1
             continue
@@ -221,13 +243,15 @@ def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
 def sweep(dataset: str, classes: Sequence, seeds: Sequence[int], methods: Sequence[str], out: Path,
           *, plan: Callable[[SweepRun], dict[str, dict]],
           engine: Callable[[Sequence[Task]], Iterator[Outcome]] = run_local,
-          keep_different: bool = False, echo=print) -> SweepOutcome:
+          keep_different: bool = False, defaults: Mapping[str, dict] | None = None,
+          echo=print) -> SweepOutcome:
     """Run every (class, seed) whose chosen methods are missing or were made with other
     parameters, on `engine` (engines.run_local or a bound engines.run_ray). A failing run is
     reported in one line and the others go on; Ctrl-C stops the engine's runs and returns
     (outcome.interrupted) with the finished ones intact."""
     runs = plan_runs(dataset, classes, seeds, out)
-    tasks, outcome = plan_tasks(runs, methods, plan, keep_different=keep_different)
+    tasks, outcome = plan_tasks(runs, methods, plan, keep_different=keep_different,
+                                defaults=defaults)
     echo(f"sweep: {outcome.summary(len(runs))}")
     bar = progress(total=len(runs), initial=len(runs) - len(tasks), desc="sweep", unit="run")
     with bar, closing(engine(tasks)) as results:

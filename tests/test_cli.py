@@ -72,6 +72,8 @@ def test_data_prep_same_split_twice_other_with_another_seed(tmp_path):
     # the resolved parameters are recorded (the sweep compares them); no kernel transport warning
     assert metrics["parameters"] == {"00_data_prep": {
         "dataset": "digits", "normal_class": 3, "seed": 0, "run_dir": str(tmp_path / "a")}}
+    # and the notebook's defaults beside them (a changed default re-runs a sweep's run)
+    assert metrics["defaults"]["00_data_prep"]["val_fraction"] == 0.1
     assert "Kernel is running over TCP" not in result.stdout + result.stderr
 
 

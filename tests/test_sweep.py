@@ -297,3 +297,33 @@ def test_a_failing_run_is_reported_and_the_sweep_exits_non_zero(tmp_path):
 def test_cli_has_the_sweep_command():
     args = cli.build_parser().parse_args(["sweep", "--out", "x"])
     assert args.func is cli.cmd_sweep and args.methods == "anogan,ganomaly,gradcon,hybrid"
+
+
+def test_a_changed_notebook_default_reruns_runs_that_recorded_defaults(tmp_path):
+    """A run records its notebooks' parameters-cell defaults beside the passed values, so a
+    default changed since (a default chosen on the development split, say) re-runs it; a record
+    from before defaults were recorded compares the passed values only."""
+    out, plan = tmp_path / "sw", _plan()
+    run = sweep.plan_runs("digits", [0], [0], out)[0]
+    _fake_metrics(run.folder, "digits", 0, 0, {"gradcon": 0.9})
+    _record(run.folder, plan, run, ["00_data_prep", "04_gradcon"])
+    then = {"00_data_prep": {"val_fraction": 0.1}, "04_gradcon": {"grad_weight": 0.12, "epochs": 20}}
+    now = {**then, "04_gradcon": {"grad_weight": 0.03, "epochs": 20}}
+    data = evaluate.read_metrics(Run(run.folder))
+    assert sweep.method_status(data, run, "gradcon", plan(run), now) == "same"  # no defaults kept
+    for stem, values in then.items():
+        evaluate.record_parameters(Run(run.folder), stem, plan(run)[stem], values)
+    data = evaluate.read_metrics(Run(run.folder))
+    assert data["defaults"] == then
+    assert sweep.method_status(data, run, "gradcon", plan(run), then) == "same"
+    assert sweep.method_status(data, run, "gradcon", plan(run), now) == "different"
+    assert sweep.parameter_changes(data, "gradcon", plan(run), now) == \
+        "grad_weight 0.12 (requested 0.03)"
+    # passing the new value: still not what ran; once run with it, the default alone matches
+    passed = {**plan(run), "04_gradcon": {**plan(run)["04_gradcon"], "grad_weight": 0.03}}
+    assert sweep.method_status(data, run, "gradcon", passed, now) == "different"
+    evaluate.record_parameters(Run(run.folder), "04_gradcon", passed["04_gradcon"], now["04_gradcon"])
+    assert sweep.method_status(evaluate.read_metrics(Run(run.folder)), run, "gradcon", plan(run),
+                               now) == "same"
+    evaluate.record_parameters(Run(run.folder), "04_gradcon", None)  # forgotten before a re-run
+    assert "04_gradcon" not in evaluate.read_metrics(Run(run.folder))["defaults"]
