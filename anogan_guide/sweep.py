@@ -143,10 +143,14 @@ def _compared(data: dict, stem: str, requested: dict[str, dict],
     value when the run recorded its notebook's defaults (so a changed default re-runs it), else
     the passed values only (a record from before defaults were recorded)."""
     recorded_defaults = data.get("defaults", {}).get(stem)
+    passed = data["parameters"][stem]
     if recorded_defaults is None or defaults is None:
-        return comparable(data["parameters"][stem]), comparable(requested[stem])
-    return (effective(data["parameters"][stem], recorded_defaults),
-            effective(requested[stem], defaults.get(stem)))
+        return comparable(passed), comparable(requested[stem])
+    # a parameter the notebook did not have then (added since, not passed now) is taken to
+    # default to what the run did: adding a parameter does not make every run stale
+    known = {*recorded_defaults, *passed, *requested[stem]}
+    now = {k: v for k, v in (defaults.get(stem) or {}).items() if k in known}
+    return effective(passed, recorded_defaults), effective(requested[stem], now)
 
 
 def method_status(data: dict, run: SweepRun, method: str, requested: dict[str, dict],

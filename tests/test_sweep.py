@@ -325,5 +325,9 @@ def test_a_changed_notebook_default_reruns_runs_that_recorded_defaults(tmp_path)
     evaluate.record_parameters(Run(run.folder), "04_gradcon", passed["04_gradcon"], now["04_gradcon"])
     assert sweep.method_status(evaluate.read_metrics(Run(run.folder)), run, "gradcon", plan(run),
                                now) == "same"
+    # a parameter added to the notebook since the run defaults to what the run did
+    added = {**now, "04_gradcon": {**now["04_gradcon"], "new_option": 1}}
+    assert sweep.method_status(evaluate.read_metrics(Run(run.folder)), run, "gradcon", plan(run),
+                               added) == "same"
     evaluate.record_parameters(Run(run.folder), "04_gradcon", None)  # forgotten before a re-run
     assert "04_gradcon" not in evaluate.read_metrics(Run(run.folder))["defaults"]
