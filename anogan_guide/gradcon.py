@@ -16,9 +16,10 @@ The per-image scoring terms (one batched pass, not one backward pass per image):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,9 +33,12 @@ from .training import TrainingLoop, load_trained
 METHOD = "gradcon"
 REF_PREFIX = "ref/"  # reference gradients in the checkpoint's `extra` dict: "ref/<param name>"
 REF_STEPS = "ref_steps"  # how many training steps the running averages hold
+ATTEMPT = "attempt"  # which training (0: the first; k: the k-th restart after a dead network)
 # config keys used only when scoring: a finished training is re-scored with new values of these
 # (`-p resume true`), any other change trains again
 SCORE_KEYS = ("grad_weight", "score_batch_size")
+# ... and max_restarts, which does not change one training either: all may differ on resume
+RESUME_FREE_KEYS = (*SCORE_KEYS, "max_restarts")
 
 
 @dataclass
@@ -49,6 +53,7 @@ class GradConConfig:
     score_batch_size: int = 256  # images per vectorised scoring pass
     seed: int = 0  # shuffling seed
     resume: bool = False  # continue from model_saves/gradcon_last.pt when it exists
+    max_restarts: int = 2  # at most this many new initialisations when the autoencoder dies
 
 
 @dataclass
@@ -63,6 +68,7 @@ class TrainedGradCon:
     train_seconds: float = 0.0
     history: dict[str, list[float]] = field(default_factory=dict)  # per step
     epoch_history: dict[str, list[float]] = field(default_factory=dict)  # per epoch (+ val_loss)
+    restarts: int = 0  # trainings started again because the autoencoder had died (see train)
 
     @property
     def layer_names(self) -> list[str]:
@@ -130,11 +136,50 @@ def _arch(split: OneClassSplit) -> dict:
 def train(split: OneClassSplit, config: GradConConfig, run: Run,
           device: torch.device | str = "cpu") -> TrainedGradCon:
     """Train GradCon on the split's normal training images; the best epoch is the one with the
-    lowest validation loss (the training loss per validation normal, see `validation_loss`)."""
+    lowest validation loss (the training loss per validation normal, see `validation_loss`).
+
+    From some initialisations the autoencoder collapses to the mean image (every image gets
+    almost the same reconstruction from the second epoch on, and GradCon's score is near chance;
+    a plain MSE autoencoder does the same, so it is not the gradient term). When the best
+    epoch's reconstructions of the validation normals do not follow them (`follows_input`),
+    training starts again from another initialisation, at most `config.max_restarts` times
+    (`TrainedGradCon.restarts` says how many it took). Normal images only decide this."""
     device = torch.device(device)
     if config.batch_size < 1 or config.score_batch_size < 1:
         raise ValueError("batch_size and score_batch_size must be at least 1; e.g. "
                          "-p batch_size 64")
+    val = split.val.tensors()
+    attempt, spent = 0, 0.0  # spent: the seconds of the trainings started again
+    while True:
+        trained = _train_once(split, config, run, device, attempt)
+        attempt = trained.restarts  # a resumed run continues the attempt it was in
+        best = load(run, device, which="best")
+        if attempt >= config.max_restarts or follows_input(best.model, val):
+            return replace(trained, train_seconds=trained.train_seconds + spent)
+        attempt, spent = attempt + 1, spent + trained.train_seconds
+        config = replace(config, resume=False)  # the next attempt starts afresh
+
+
+def follows_input(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> bool:
+    """Whether the reconstructions vary with the input: their spread over the images (standard
+    deviation per pixel, averaged) is at least 2% of the images' own. A collapsed autoencoder
+    (the same image for every input) gives 0.1-0.4% (MNIST, 50 epochs), trained ones 8-25% (8x8
+    digits, 30 epochs) and about 45% (MNIST). A few steps of training have not left the mean
+    image yet either: restarting them only repeats them (params/ci.yaml sets max_restarts 0)."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = images[:1024]
+    with torch.no_grad():
+        y = torch.cat([model(b.to(device)).cpu() for b in x.split(batch_size)])
+    return bool(y.std(0).mean() >= 0.02 * x.std(0).mean())
+
+
+def _train_once(split: OneClassSplit, config: GradConConfig, run: Run, device: torch.device,
+                attempt: int) -> TrainedGradCon:
+    """One training (attempt 0: the initialisation of the global seed, as always; attempt k:
+    one drawn from (seed, k))."""
+    if attempt:
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, attempt]).generate_state(1)[0]))
     # channels-last: oneDNN's fast path for (transposed) convolutions on the CPU
     model = GradConAE(split.image_size, split.channels).to(device,
                                                            memory_format=torch.channels_last)
@@ -142,12 +187,13 @@ def train(split: OneClassSplit, config: GradConConfig, run: Run,
     reference = {name: torch.zeros_like(dict(model.named_parameters())[name])
                  for name in model.gradient_layers()}
     steps = torch.zeros((), dtype=torch.long)
-    extra = {REF_PREFIX + k: v for k, v in reference.items()} | {REF_STEPS: steps}
+    extra = {REF_PREFIX + k: v for k, v in reference.items()} | {
+        REF_STEPS: steps, ATTEMPT: torch.tensor(attempt)}
     shuffle = torch.Generator().manual_seed(config.seed)
     loop = TrainingLoop(run, METHOD, asdict(config) | _arch(split), models={"ae": model},
                         optimizers={"adam": optimizer}, epochs=config.epochs,
                         resume=config.resume, generators=(shuffle,), extra=extra,
-                        score_keys=SCORE_KEYS)
+                        free_keys=RESUME_FREE_KEYS)
     # after a resume the loop holds the restored tensors: train on those
     reference = {k: loop.extra[REF_PREFIX + k] for k in reference}
     steps = loop.extra[REF_STEPS]
@@ -169,7 +215,8 @@ def train(split: OneClassSplit, config: GradConConfig, run: Run,
     model.eval()
     return TrainedGradCon(model, reference, config, epoch=loop.epoch, best_epoch=loop.best_epoch,
                           train_seconds=loop.train_seconds, history=loop.history,
-                          epoch_history=loop.epoch_history)
+                          epoch_history=loop.epoch_history,
+                          restarts=int(loop.extra.get(ATTEMPT, torch.tensor(0))))
 
 
 def validation_loss(model: nn.Module, reference: Mapping[str, torch.Tensor], val_images,
@@ -198,7 +245,8 @@ def load(run: Run, device: torch.device | str = "cpu", which: str = "best") -> T
                           best_epoch=m.get("best_epoch", -1),
                           train_seconds=m.get("train_seconds", 0.0),
                           history=checkpoint["history"].get("steps", {}),
-                          epoch_history=checkpoint["history"].get("epochs", {}))
+                          epoch_history=checkpoint["history"].get("epochs", {}),
+                          restarts=int(checkpoint["extra"].get(ATTEMPT, 0)))
 
 
 def score(trained: TrainedGradCon, images, *, batch_size: int | None = None,

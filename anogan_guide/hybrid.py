@@ -219,7 +219,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
                         epochs=config.epochs, resume=config.resume, arch_keys=ganomaly.ARCH_KEYS,
                         generators=(shuffle,),
                         extra=_extra(reference, steps, None, len(config.terms)),
-                        score_keys=("score_batch_size",))
+                        free_keys=("score_batch_size",))
     # after a resume the loop holds the restored tensors: train on those
     reference = {k: loop.extra[gradcon.REF_PREFIX + k].to(device) for k in reference}
     steps = loop.extra[gradcon.REF_STEPS]

@@ -51,7 +51,7 @@ class TrainingLoop:
                  arch_keys: Sequence[str] = ("image_size", "channels"),
                  generators: Sequence[torch.Generator] = (),
                  extra: dict[str, torch.Tensor] | None = None,
-                 score_keys: Sequence[str] = ()) -> None:
+                 free_keys: Sequence[str] = ()) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1 (got {epochs}); pass e.g. -p epochs 5")
         self.run, self.method, self.config = run, method, dict(config)
@@ -68,10 +68,10 @@ class TrainingLoop:
         self.resumed_from: int | None = None
         last = run.checkpoint(method, "last")
         if resume and last.is_file():
-            self._resume(last, arch_keys, score_keys)
+            self._resume(last, arch_keys, free_keys)
 
     # -- resume ---------------------------------------------------------------------------------
-    def _resume(self, path: Path, arch_keys: Sequence[str], score_keys: Sequence[str]) -> None:
+    def _resume(self, path: Path, arch_keys: Sequence[str], free_keys: Sequence[str]) -> None:
         checkpoint = read_checkpoint(path)
         if checkpoint.get("method") != self.method:
             raise CheckpointError(f"{path} holds a {checkpoint.get('method')!r} model, not "
@@ -79,7 +79,7 @@ class TrainingLoop:
         load_config_checked(checkpoint, self.config, path, arch_keys)
         # any other training parameter must match too: resuming would mix two trainings (a new
         # best-epoch criterion, say, would never see the epochs already trained)
-        free = {*RESUME_FREE_KEYS, *score_keys}
+        free = {*RESUME_FREE_KEYS, *free_keys}
         saved = checkpoint.get("config", {})
         changed = {k: (saved.get(k), self.config.get(k)) for k in sorted({*saved, *self.config})
                    if k not in free and saved.get(k) != self.config.get(k)}

@@ -190,3 +190,26 @@ def test_train_saves_references_and_reloads(tmp_path):
     # resume continues from the last checkpoint with its references
     more = gc.train(split, gc.GradConConfig(epochs=3, batch_size=32, resume=True), run)
     assert more.epoch == 3 and len(more.epoch_history["val_loss"]) == 3
+
+
+def test_a_dead_autoencoder_is_recognised_and_trained_again(tmp_path, monkeypatch):
+    """From some initialisations GradCon's autoencoder dies (one reconstruction for every
+    input); `follows_input` tells it from a working one on normal images, and training starts
+    again from another initialisation, recorded in the checkpoint."""
+    ag.seed_everything(0)
+    split = ag.load_one_class("digits", 0, image_size=16)
+    val = split.val.tensors()
+    dead = GradConAE(image_size=16, channels=1)
+    with torch.no_grad():  # every ReLU of the encoder silent: the output is sigmoid(bias)
+        dead.encoder[0].bias.fill_(-1e3)
+    assert not gc.follows_input(dead, val)
+    run = ag.open_run(tmp_path)
+    first = gc.train(split, gc.GradConConfig(epochs=1, batch_size=32, max_restarts=0), run)
+    assert first.restarts == 0 and gc.load(run).restarts == 0
+    verdicts = iter([False, True])  # the first training "died", the second trains
+    monkeypatch.setattr(gc, "follows_input", lambda model, images: next(verdicts))
+    again = gc.train(split, gc.GradConConfig(epochs=1, batch_size=32), run)
+    assert again.restarts == 1 and gc.load(run).restarts == 1
+    assert again.train_seconds > gc.load(run).train_seconds  # the first training counted too
+    w_first, w_again = first.model.encoder[0].weight, again.model.encoder[0].weight
+    assert not torch.equal(w_first, w_again)  # another initialisation

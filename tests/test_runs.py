@@ -136,5 +136,5 @@ def test_resume_refuses_other_training_parameters(tmp_path):
                      models={"net": nn.Linear(3, 1)}, optimizers={}, epochs=1, resume=True)
     again = TrainingLoop(run, "tiny", {"width": 4, "select": "l_enc_rel", "grad_weight": 0.5,
                                        "epochs": 3}, models={"net": nn.Linear(3, 1)},
-                         optimizers={}, epochs=3, resume=True, score_keys=("grad_weight",))
+                         optimizers={}, epochs=3, resume=True, free_keys=("grad_weight",))
     assert again.resumed_from == 1
