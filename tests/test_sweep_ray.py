@@ -178,8 +178,8 @@ def test_a_changed_parameter_reruns_only_what_it_changes(local_sweep, tmp_path):
                   for c in (0, 1)] for m in ("ganomaly", "gradcon")}
     before = {m: [p.stat().st_mtime_ns for p in paths] for m, paths in scores.items()}
     changed = tmp_path / "ci-gradcon-3.yaml"
-    changed.write_text(Path(CI).read_text().replace("04_gradcon: {epochs: 2}",
-                                                    "04_gradcon: {epochs: 3}"))
+    changed.write_text(Path(CI).read_text().replace("04_gradcon: {epochs: 2,",
+                                                    "04_gradcon: {epochs: 3,"))
     assert changed.read_text() != Path(CI).read_text()
     args = ["--dataset", "digits", "-f", str(changed), "--classes", "0,1",
             "--methods", "ganomaly,gradcon", "--jobs", "2", "--out", str(local_sweep)]
