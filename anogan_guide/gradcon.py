@@ -162,10 +162,11 @@ def train(split: OneClassSplit, config: GradConConfig, run: Run,
 
 def follows_input(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> bool:
     """Whether the reconstructions vary with the input: their spread over the images (standard
-    deviation per pixel, averaged) is at least 2% of the images' own. A collapsed autoencoder
-    (the same image for every input) gives 0.1-0.4% (MNIST, 50 epochs), trained ones 8-25% (8x8
-    digits, 30 epochs) and about 45% (MNIST). A few steps of training have not left the mean
-    image yet either: restarting them only repeats them (params/ci.yaml sets max_restarts 0)."""
+    deviation per pixel, averaged) is at least 2% of the images' own. Collapsed autoencoders
+    (the same image for every input) gave 0.1-0.7% (MNIST, 50 epochs), every other run in
+    results/ at least 8.5% (8x8 digits at 30 epochs: 8.5-25%; MNIST and CIFAR-10 more). A few
+    steps of training have not left the mean image yet either: restarting them only repeats
+    them (params/ci.yaml sets max_restarts 0)."""
     model.eval()
     device = next(model.parameters()).device
     x = images[:1024]
