@@ -153,8 +153,8 @@ def train(split: OneClassSplit, config: GradConConfig, run: Run,
     while True:
         trained = _train_once(split, config, run, device, attempt)
         attempt = trained.restarts  # a resumed run continues the attempt it was in
-        best = load(run, device, which="best")
-        if attempt >= config.max_restarts or follows_input(best.model, val):
+        # the best epoch is read back only when a restart is still allowed
+        if attempt >= config.max_restarts or follows_input(load(run, device).model, val):
             return replace(trained, train_seconds=trained.train_seconds + spent)
         attempt, spent = attempt + 1, spent + trained.train_seconds
         config = replace(config, resume=False)  # the next attempt starts afresh
