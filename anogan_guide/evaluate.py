@@ -156,8 +156,8 @@ def write_split_sizes(run: Run, split: OneClassSplit) -> dict:
               "n_test": c["n_test"], "n_dev": c["n_dev_anomalous"]}
     old = read_metrics(run)
     same = all(old.get(k) == v for k, v in header.items())
-    data = {**header, "methods": old.get("methods", {}) if same else {},
-            "parameters": old.get("parameters", {}) if same else {}}
+    data = {**header, **{k: old.get(k, {}) if same else {}
+                         for k in ("methods", "parameters", "defaults")}}
     write_json(run.metrics_path, data)
     return data
 

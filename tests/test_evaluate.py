@@ -14,6 +14,7 @@ from anogan_guide.evaluate import (
     load_scores,
     metrics_table,
     read_metrics,
+    record_parameters,
     threshold_from_validation,
     write_split_sizes,
 )
@@ -68,6 +69,12 @@ def test_metrics_json_entries_and_scores(tmp_path):
     assert np.allclose(saved.test["part"], noise.numpy()) and len(saved.val["score"]) == 12
     assert np.allclose(saved.dev["part"], 1.0) and len(saved.dev["score"]) == len(split.dev)
     assert "demo-method" in metrics_table(data)
+    # the data notebook run again (the same split) keeps every notebook's record, defaults too
+    record_parameters(run, "03_demo", {"epochs": 1}, {"epochs": 20})
+    write_split_sizes(run, split)
+    again = read_metrics(run)
+    assert "demo-method" in again["methods"] and again["defaults"]["03_demo"] == {"epochs": 20}
+    assert again["parameters"]["03_demo"] == {"epochs": 1}
     # a new split starts a fresh metrics file: old method entries would be stale
     write_split_sizes(run, load_one_class("digits", 1, image_size=16))
     assert read_metrics(run)["methods"] == {}

@@ -213,3 +213,27 @@ def test_a_dead_autoencoder_is_recognised_and_trained_again(tmp_path, monkeypatc
     assert again.train_seconds > gc.load(run).train_seconds  # the first training counted too
     w_first, w_again = first.model.encoder[0].weight, again.model.encoder[0].weight
     assert not torch.equal(w_first, w_again)  # another initialisation
+
+
+def test_a_training_that_has_not_left_the_mean_image_is_abandoned_early(tmp_path, monkeypatch):
+    """After CHECK_STEPS steps a training whose reconstructions do not follow the validation
+    normals stops there and the next initialisation trains; the last allowed attempt always
+    trains to the end, and if it is dead too a warning says so."""
+    split = ag.load_one_class("digits", 0, image_size=16)
+    monkeypatch.setattr(gc, "CHECK_STEPS", 1)  # check after the first epoch
+    epochs_trained = []
+    validation_loss = gc.validation_loss
+    monkeypatch.setattr(gc, "validation_loss", lambda *a, **k: (
+        epochs_trained.append(1), validation_loss(*a, **k))[1])
+    verdicts = iter([False, True, True])  # attempt 0 dead at the check; attempt 1 fine twice
+    monkeypatch.setattr(gc, "follows_input", lambda model, images: next(verdicts))
+    run = ag.open_run(tmp_path / "early")
+    trained = gc.train(split, gc.GradConConfig(epochs=3, batch_size=32), run)
+    assert trained.restarts == 1 and trained.follows_input is True and trained.epoch == 3
+    assert len(epochs_trained) == 1 + 3  # one epoch of the abandoned attempt, three of the next
+
+    monkeypatch.setattr(gc, "follows_input", lambda model, images: False)  # never leaves it
+    with pytest.warns(UserWarning, match="same reconstruction after 1 restarts"):
+        dead = gc.train(split, gc.GradConConfig(epochs=2, batch_size=32, max_restarts=1),
+                        ag.open_run(tmp_path / "dead"))
+    assert dead.restarts == 1 and dead.follows_input is False and dead.epoch == 2
