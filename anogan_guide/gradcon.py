@@ -216,9 +216,10 @@ def _train_once(split: OneClassSplit, config: GradConConfig, run: Run, device: t
                         optimizers={"adam": optimizer}, epochs=config.epochs,
                         resume=config.resume, generators=(shuffle,), extra=extra,
                         free_keys=RESUME_FREE_KEYS)
-    # after a resume the loop holds the restored tensors: train on those
+    # after a resume the loop holds the restored tensors (and attempt): train on those
     reference = {k: loop.extra[REF_PREFIX + k] for k in reference}
     steps = loop.extra[REF_STEPS]
+    attempt = int(loop.extra[ATTEMPT])
     loader = split.train.loader(config.batch_size, shuffle=True, generator=shuffle)
     preview = val[:8].to(device)
     check = attempt < config.max_restarts  # the last allowed attempt always trains to the end
@@ -243,7 +244,7 @@ def _train_once(split: OneClassSplit, config: GradConConfig, run: Run, device: t
     return TrainedGradCon(model, reference, config, epoch=loop.epoch, best_epoch=loop.best_epoch,
                           train_seconds=loop.train_seconds, history=loop.history,
                           epoch_history=loop.epoch_history,
-                          restarts=int(loop.extra.get(ATTEMPT, torch.tensor(0)))), abandoned
+                          restarts=attempt), abandoned
 
 
 def validation_loss(model: nn.Module, reference: Mapping[str, torch.Tensor], val_images,

@@ -237,3 +237,9 @@ def test_a_training_that_has_not_left_the_mean_image_is_abandoned_early(tmp_path
         dead = gc.train(split, gc.GradConConfig(epochs=2, batch_size=32, max_restarts=1),
                         ag.open_run(tmp_path / "dead"))
     assert dead.restarts == 1 and dead.follows_input is False and dead.epoch == 2
+    # resumed, the last allowed attempt still trains to the end (it is not checked early)
+    epochs_trained.clear()
+    with pytest.warns(UserWarning, match="same reconstruction"):
+        more = gc.train(split, gc.GradConConfig(epochs=4, batch_size=32, max_restarts=1,
+                                                resume=True), ag.open_run(tmp_path / "dead"))
+    assert more.restarts == 1 and more.epoch == 4 and len(epochs_trained) == 2  # epochs 3, 4
