@@ -71,7 +71,8 @@ def test_data_prep_and_gradcon_notebooks_on_cifar10_by_class_name(cifar_folder, 
     out = tmp_path / "run"
     result = _cli("run", "00_data_prep", "04_gradcon", "-f", str(REPO / "params" / "ci.yaml"),
                   "-p", "dataset", "folder", "-p", "data_root", str(cifar_folder),
-                  "-p", "normal_class", "automobile", "-p", "image_size", "32", "--out", str(out))
+                  "-p", "normal_class", "automobile", "-p", "image_size", "32",
+                  "-p", "max_restarts", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     text = _stream_text(out / "notebooks" / "00_data_prep.ipynb")
     assert "dataset=folder normal_class=automobile image_size=32 channels=3 seed=0" in text
@@ -84,6 +85,10 @@ def test_data_prep_and_gradcon_notebooks_on_cifar10_by_class_name(cifar_folder, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["normal_class"] == "automobile" and metrics["n_test"] == 40
     assert 0.0 <= metrics["methods"]["gradcon"]["auroc"] <= 1.0
+    # the collapse guard's verdict is recorded (None only where it was not asked: max_restarts 0)
+    params = metrics["methods"]["gradcon"]["params"]
+    assert params["follows_input"] in (True, False)
+    assert params["restarts"] == (0 if params["follows_input"] else 1)
     split = json.loads((out / "split.json").read_text())
     assert split["class_names"] == list(CLASSES) and split["channels"] == 3
 
