@@ -223,17 +223,17 @@ def test_load_split_reuses_and_checks_split_json(tmp_path):
 
 
 def test_folder_reads_only_the_development_sample_of_other_classes(tmp_path, monkeypatch):
-    import anogan_guide.data as data
+    from anogan_guide import sources
 
-    monkeypatch.setattr(data, "DEV_ANOMALIES", 6)
+    monkeypatch.setattr(sources, "DEV_ANOMALIES", 6)
     for cls, n in (("a", 5), ("b", 20), ("c", 10)):
         for i in range(n):
             _write_png(tmp_path / "train" / cls / f"{i}.png")
         _write_png(tmp_path / "test" / cls / "0.png")
     read = []
-    real = data._read_images
-    monkeypatch.setattr(data, "_read_images", lambda paths, ch: (read.extend(paths),
-                                                                 real(paths, ch))[1])
+    real = sources.read_images
+    monkeypatch.setattr(sources, "read_images", lambda paths, ch: (read.extend(paths),
+                                                                   real(paths, ch))[1])
     split = load_one_class("folder", "a", data_root=tmp_path, image_size=16)
     assert len(split.dev) == 6 and split.dev_classes.tolist() == [1, 1, 1, 1, 2, 2]  # 20:10
     assert len(read) == 5 + 6 + 3  # the normal class, the development sample, the test images
