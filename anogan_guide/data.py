@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .runs import Run, write_json
-from .sources import dev_indices, digits, folder, resize, synthetic, torchvision_set
+from .sources import dev_indices, digits, image_folder, resize, synthetic, torchvision_set
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder", "synthetic")
 IMAGE_SIZES = (16, 28, 32, 64)
@@ -139,8 +139,8 @@ def load_one_class(dataset: str, normal_class: int | str, *, data_root: str | Pa
         if not root.is_dir():
             raise FileNotFoundError(f"data_root {root} does not exist; pass the folder that holds "
                                     f"train/ and test/")
-        tr, trc, te, tec, names, refs, test_refs, normal = folder(root, normal_class, image_size,
-                                                                   seed)
+        tr, trc, te, tec, names, refs, test_refs, normal = image_folder(
+            root, normal_class, image_size, seed)
         normal_index = names.index(normal)
     else:
         if dataset == "digits":

@@ -2,8 +2,8 @@
 CIFAR-10, a folder of images, or generated shapes (for smoke tests).
 
 Each reader returns (train_images uint8 NCHW, train_classes, test_images, test_classes,
-class_names, train_refs, test_refs), where refs identify each image in split.json; `folder`
-also returns the normal class's name. The one-class split made from them: `data`.
+class_names, train_refs, test_refs), where refs identify each image in split.json;
+`image_folder` also returns the normal class's name. The one-class split made from them: `data`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def read_images(paths: list[Path], channels: int | None) -> tuple[list[torch.Ten
     return out, channels
 
 
-def folder(root: Path, normal_class, image_size: int, seed: int):
+def image_folder(root: Path, normal_class, image_size: int, seed: int):
     """Layout A: train/ holds normal images, test/normal/ and test/abnormal/.
     Layout B: train/<class>/ and test/<class>/, `normal_class` naming the normal folder. Of the
     other classes' training images only the development sample (`dev_indices`) is read."""
