@@ -23,12 +23,12 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-INTERRUPT_GRACE_SECONDS = 10.0  # a cancelled run gets this long to stop its kernel cleanly
+INTERRUPT_GRACE_SECONDS = 10.0  # a stopped run gets this long to stop its kernel cleanly
 
 
 class EngineError(RuntimeError):
@@ -72,11 +72,12 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def execute_run(task: Task, env: dict[str, str] | None = None,
-                stop: threading.Event | None = None) -> str | None:
+                stop: Callable[[], bool] | None = None) -> str | None:
     """Run `anogan-guide run` for one task with this interpreter, its output in
     <folder>/sweep.log. Returns None on success, else one line naming the failure and the log.
-    Interrupted (Ctrl-C, a cancelled Ray task) or told to `stop` (the local engine's Ctrl-C,
-    which reaches only its main thread), it stops the run's processes first."""
+    Interrupted (Ctrl-C), or once `stop()` is true (checked every second: the local engine's
+    Ctrl-C reaches only its main thread, a Ray sweep's reaches only its driver), it stops the
+    run's processes first and raises KeyboardInterrupt."""
     task.folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "anogan_guide.cli", "run", *task.args]
     log = task.folder / "sweep.log"
@@ -86,12 +87,12 @@ def execute_run(task: Task, env: dict[str, str] | None = None,
         process = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
         try:
-            while True:  # wait in slices: an interrupt (Ray's cancel) lands between them
+            while True:  # wait in slices: `stop` is looked at between them
                 try:
                     returncode = process.wait(timeout=1.0)
                     break
                 except subprocess.TimeoutExpired:
-                    if stop is not None and stop.is_set():
+                    if stop is not None and stop():
                         raise KeyboardInterrupt from None
         except BaseException:
             _stop(process)
@@ -145,7 +146,7 @@ def run_local(tasks: Sequence[Task], *, jobs: int = 1) -> Iterator[Outcome]:
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
         try:
-            return execute_run(task, env, stop)
+            return execute_run(task, env, stop.is_set)
         finally:
             with lock:
                 free.append(slot)
@@ -169,9 +170,20 @@ def run_local(tasks: Sequence[Task], *, jobs: int = 1) -> Iterator[Outcome]:
 # Ray: one task per run on a cluster
 
 
-def _ray_run(task: Task, threads: int) -> str | None:
-    """A Ray task: one run on whichever node Ray chose (its CUDA_VISIBLE_DEVICES set by Ray)."""
-    return execute_run(task, {"ANOGAN_GUIDE_QUIET": "1", "OMP_NUM_THREADS": str(threads)})
+STOPPED = "stopped: the sweep was interrupted"
+
+
+def _ray_run(task: Task, threads: int, stop_file: str) -> str | None:
+    """A Ray task: one run on whichever node Ray chose (its CUDA_VISIBLE_DEVICES set by Ray).
+    It stops its run once `stop_file` exists on the shared storage (the driver's Ctrl-C)."""
+    stopped = Path(stop_file).exists
+    if stopped():
+        return STOPPED
+    try:
+        return execute_run(task, {"ANOGAN_GUIDE_QUIET": "1", "OMP_NUM_THREADS": str(threads)},
+                           stopped)
+    except KeyboardInterrupt:
+        return STOPPED
 
 
 def _storage_probe(marker: str, token: str, node_id: str) -> str | None:
@@ -248,7 +260,7 @@ def run_ray(tasks: Sequence[Task], *, out: Path, address: str | None = None,
             cpus_per_run: float = 1.0, gpus_per_run: float = 0.0) -> Iterator[Outcome]:
     """Every task as one Ray task (cpus_per_run CPUs, gpus_per_run GPUs) on the cluster at
     `address` (None: a local instance). Yields (task, error or None) as runs finish; closed
-    early (Ctrl-C), it cancels the outstanding tasks, whose runs stop their processes."""
+    early (Ctrl-C), it has the outstanding tasks stop their runs' processes and return."""
     ray = _connect(address)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -264,7 +276,8 @@ def run_ray(tasks: Sequence[Task], *, out: Path, address: str | None = None,
         remote = ray.remote(_ray_run).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
                                               max_retries=0)
         threads = max(1, int(cpus_per_run))
-        pending = {remote.remote(task, threads): task for task in tasks}
+        stop_file = out / f".anogan-guide-stop-{uuid.uuid4().hex[:12]}"
+        pending = {remote.remote(task, threads, str(stop_file)): task for task in tasks}
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -277,9 +290,14 @@ def run_ray(tasks: Sequence[Task], *, out: Path, address: str | None = None,
                     yield task, error
         finally:
             if pending:
-                for ref in pending:
-                    ray.cancel(ref)  # a running task gets KeyboardInterrupt: its run stops
-                ray.wait(list(pending), num_returns=len(pending),
-                         timeout=INTERRUPT_GRACE_SECONDS + 10)
+                # Stopped early: every outstanding task stops its run when it sees the stop file
+                # (the queued ones return as they start). Not ray.cancel: Ray 2.60's driver can
+                # abort on a check failure when a cancel crosses a task's completion.
+                stop_file.touch()
+                try:
+                    ray.wait(list(pending), num_returns=len(pending),
+                             timeout=INTERRUPT_GRACE_SECONDS + 20)
+                finally:
+                    stop_file.unlink(missing_ok=True)
     finally:
         ray.shutdown()

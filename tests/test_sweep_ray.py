@@ -162,7 +162,8 @@ def test_interrupted_sweep_resumes_with_only_the_missing_runs(engine, sig, reque
             sweep.kill()
     assert sweep.returncode == 130, stderr
     assert "sweep interrupted" in stderr and "run the same command again" in stderr
-    assert _processes_mentioning(str(out)) == []  # the cancelled runs stopped their processes
+    assert _processes_mentioning(str(out)) == []  # the stopped runs stopped their processes
+    assert not list(out.glob(".anogan-guide-stop-*"))  # the Ray engine's stop file is gone
     done = [f for f in folders if _finished(f)]
     stamps = {f: (f / "metrics.json").stat().st_mtime_ns for f in done}
     again = _sweep(*args)
@@ -227,3 +228,11 @@ def test_a_folder_some_node_cannot_see_is_named_in_one_line(tmp_path, monkeypatc
                                                   r"10\.0\.0\.2 \(FileNotFoundError"):
         engines.check_shared_storage(FakeRay, tmp_path, nodes)
     assert not list(tmp_path.glob(".anogan-guide-storage-*"))
+
+
+def test_a_ray_task_started_after_the_stop_file_returns_without_running(tmp_path):
+    stop_file = tmp_path / ".anogan-guide-stop-x"
+    stop_file.touch()
+    task = engines.Task("class 0 seed 0", tmp_path / "run", ("--dataset", "digits"))
+    assert engines._ray_run(task, 1, str(stop_file)) == engines.STOPPED
+    assert not task.folder.exists()  # nothing was started
