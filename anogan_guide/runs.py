@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -81,6 +83,36 @@ def atomic_path(path: str | Path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+LOCK_NAME = ".anogan-guide.lock"
+
+
+class RunInUse(RuntimeError):
+    """Another process is executing notebooks into the same run folder; one line."""
+
+
+@contextmanager
+def run_lock(folder: str | Path):
+    """Hold the run folder `folder` for this process: a second holder (another `anogan-guide
+    run`, another sweep's run of the same class and seed) gets RunInUse at once. An advisory
+    lock (flock) on <folder>/.anogan-guide.lock, released when the process ends however it ends."""
+    path = Path(folder) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunInUse(f"run folder {folder} is in use by another anogan-guide run "
+                           f"({holder}); wait for it to finish or stop it, or choose another "
+                           f"--out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -109,11 +109,11 @@ def test_sweep_over_cifar10_class_names(cifar_folder, tmp_path):
 
 
 def test_cpu_parameters_file_names_only_declared_parameters(tmp_path):
-    from anogan_guide import cli
+    from anogan_guide import execution
 
-    notebooks = cli.resolve_notebooks(["00_data_prep", "01_dcgan_training", "02_latent_mapping"])
-    common, per_notebook = cli.read_params_file(str(REPO / "params" / "cifar10-anogan-cpu.yaml"))
-    plans = cli.plan_parameters(notebooks, common, per_notebook, {"data_root": str(tmp_path)},
+    notebooks = execution.resolve_notebooks(["00_data_prep", "01_dcgan_training", "02_latent_mapping"])
+    common, per_notebook = execution.read_params_file(str(REPO / "params" / "cifar10-anogan-cpu.yaml"))
+    plans = execution.plan_parameters(notebooks, common, per_notebook, {"data_root": str(tmp_path)},
                                 tmp_path)
     assert [p["image_size"] for p in plans] == [64, 64, 64]
     assert plans[0]["dataset"] == "folder" and plans[0]["normal_class"] == "automobile"

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from anogan_guide import cli
+from anogan_guide import cli, runs
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_PREP = REPO / "notebooks" / "00_data_prep.ipynb"
@@ -53,6 +53,19 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path):
     assert "99_broken.ipynb failed in cell [3] (\"raise ValueError('broken on purpose')\")" in last
     assert "ValueError: broken on purpose" in last
     assert not (tmp_path / "r" / "notebooks" / "00_data_prep.ipynb").exists()  # stopped there
+
+
+def test_a_run_folder_in_use_is_refused_at_once(tmp_path):
+    out = tmp_path / "r"
+    with runs.run_lock(out):  # as another `anogan-guide run` (or sweep) writing there
+        result = _run(str(DATA_PREP), "--out", str(out))
+        assert result.returncode == 1
+        line = result.stderr.strip().splitlines()[-1]
+        assert f"run folder {out} is in use by another anogan-guide run (pid " in line
+        assert "wait for it to finish or stop it" in line
+        assert not (out / "notebooks" / "00_data_prep.ipynb").exists()
+    with runs.run_lock(out):  # released when its holder is done
+        pass
 
 
 @pytest.mark.slow
