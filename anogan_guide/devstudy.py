@@ -18,6 +18,7 @@ The candidates:
 * The hybrid's score: each term alone, and every rule of `fusion` over several sets of terms
   (`hybrid.candidate_scores`, as in its notebook's ablation; `pseudo` needs the model and is
   read from the runs' own development figures when they used it).
+* The GANomaly + GradCon ensemble's `share` (ensemble.py): GradCon's share of the mixed z-scores.
 * GANomaly's best-epoch criterion `select`: the development AUROC of the epoch each criterion
   picks (training records it per epoch for this study; it never selects on it).
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import ensemble
 from .evaluate import dev_metrics, read_metrics
 from .fusion import fit_combination
 from .gradscore import GRAD_WEIGHT, score_from_terms
@@ -118,6 +120,20 @@ def study_recorded(folders: Sequence[Path], method: str) -> dict[str, list[float
     return out
 
 
+def study_ensemble(folders: Sequence[Path]) -> dict[str, list[float]]:
+    """Per share of GradCon, the ensemble's development AUROC in every run with both parts."""
+    out: dict[str, list[float]] = {f"share {s:g}": [] for s in ensemble.SHARES}
+    for folder in folders:
+        parts = {m: _dev_parts(folder, m) for m in ensemble.PARTS}
+        if any(p is None for p in parts.values()):
+            continue
+        curve = ensemble.dev_auroc_per_share({m: p[0]["score"] for m, p in parts.items()},
+                                             {m: p[1]["score"] for m, p in parts.items()})
+        for share, auroc in curve.items():
+            out[f"share {share:g}"].append(auroc)
+    return out
+
+
 def study_select(folders: Sequence[Path], method: str = "ganomaly") -> dict[str, list[float]]:
     """Per best-epoch criterion, the development AUROC of the epoch it picks, from the training
     history of each run's last checkpoint (`dev_auroc` per epoch, recorded by training)."""
@@ -168,10 +184,13 @@ def _markdown(title: str, results: Mapping[str, Mapping[str, list[float]]], defa
 
 
 DEFAULTS = {"gradcon": f"grad_weight {GRAD_WEIGHT:g}", "anogan": "lam 0.1", "fanogan": "lam 0.1",
-            "hybrid": "l_enc + 0.25 l_grad (fixed)", "ganomaly": "l_enc_rel"}
+            "hybrid": "l_enc + 0.25 l_grad (fixed)", "ganomaly": "l_enc_rel",
+            "ensemble": f"share {ensemble.SHARE:g}"}
 SECTIONS = (("GradCon: grad_weight (score = mse + w * l_grad)", "gradcon"),
             ("AnoGAN search: lam", "anogan"), ("f-AnoGAN encoder: lam", "fanogan"),
-            ("Hybrid: the score", "hybrid"), ("GANomaly: best-epoch criterion (select)", "ganomaly"))
+            ("Hybrid: the score", "hybrid"),
+            ("Ensemble: GradCon's share (score = (1 - s) z(GANomaly) + s z(GradCon))", "ensemble"),
+            ("GANomaly: best-epoch criterion (select)", "ganomaly"))
 
 
 def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:
@@ -192,6 +211,8 @@ def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:
     for title, method in SECTIONS:
         if method == "ganomaly":
             results = {label: study_select(f) for label, f in folders.items()}
+        elif method == "ensemble":
+            results = {label: study_ensemble(f) for label, f in folders.items()}
         elif method == "hybrid":
             results = {label: study_recorded(f, method) | study_score_rules(f, method)
                        for label, f in folders.items()}

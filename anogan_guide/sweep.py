@@ -35,13 +35,17 @@ METHOD_NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "ganomaly": ("03_ganomaly",),
     "gradcon": ("04_gradcon",),
     "hybrid": ("05_hybrid",),
+    "ensemble": ("06_ensemble",),
 }
+# method -> the methods whose results it is made from (listed with it; re-run, they re-run it)
+METHOD_NEEDS: dict[str, tuple[str, ...]] = {"ensemble": ("ganomaly", "gradcon")}
 # method -> the metrics.json entries that count as "done" (02 names AnoGAN after its GAN loss)
 METHOD_ENTRIES: dict[str, tuple[str, ...]] = {
     "anogan": ("anogan", "anogan-wgangp"),
     "ganomaly": ("ganomaly",),
     "gradcon": ("gradcon",),
     "hybrid": ("hybrid",),
+    "ensemble": ("ensemble",),
 }
 DATA_PREP = "00_data_prep"
 # recorded notebook parameters that do not change a result: where (a moved run folder or data
@@ -92,6 +96,13 @@ def parse_methods(text: str) -> list[str]:
     if unknown:
         raise SweepError(f"unknown method {', '.join(map(str, unknown))}; use any of: "
                          f"{', '.join(METHOD_NOTEBOOKS)}")
+    for method in methods:
+        absent = [m for m in METHOD_NEEDS.get(method, ()) if m not in methods]
+        if absent:
+            raise SweepError(f"{method} is made from {' and '.join(METHOD_NEEDS[method])}: list "
+                             f"{', '.join(absent)} too, e.g. --methods "
+                             f"{','.join(dict.fromkeys((*methods, *absent)))} (finished runs of "
+                             f"them are skipped)")
     return methods
 
 
@@ -222,6 +233,8 @@ def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
         status = {m: method_status(data, run, m, requested, defaults) for m in methods}
         todo = [m for m in methods if status[m] == "missing"
                 or (status[m] == "different" and not keep_different)]
+        todo += [m for m in methods if m not in todo  # made from a method that runs again
+                 and any(need in todo for need in METHOD_NEEDS.get(m, ()))]
         for m in methods:
             if status[m] == "different" and keep_different:
                 for entry in set(data["methods"]) & set(METHOD_ENTRIES[m]):

@@ -101,7 +101,7 @@ def threshold_explorer(val_scores, test_scores, test_labels) -> widgets.interact
 
 
 # ---------------------------------------------------------------------------------------------
-# The results notebook (06): every method's saved scores, no retraining.
+# The results notebook (07): every method's saved scores, no retraining.
 
 
 def _confusion_html(cm, threshold: float, start: float) -> str:

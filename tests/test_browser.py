@@ -1,4 +1,4 @@
-"""A real browser: JupyterLab on localhost, 06_results in headless Chromium, the threshold slider
+"""A real browser: JupyterLab on localhost, 07_results in headless Chromium, the threshold slider
 dragged with the mouse, and the confusion matrix shown must change.
 
 Needs Debian's `chromium` (apt-get install -y chromium) and the Python `playwright` package (no
@@ -35,13 +35,13 @@ def _free_port() -> int:
 
 
 def _prepared_notebook(folder: Path) -> Path:
-    """06_results with run_dir (and the CI image size) injected, as papermill would."""
+    """07_results with run_dir (and the CI image size) injected, as papermill would."""
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    nb = load_notebook_node(str(REPO / "notebooks" / "06_results.ipynb"))
+    nb = load_notebook_node(str(REPO / "notebooks" / "07_results.ipynb"))
     nb = parameterize_notebook(nb, {"run_dir": str(folder / "run"), "image_size": 16})
-    path = folder / "06_results.ipynb"
+    path = folder / "07_results.ipynb"
     nbformat.write(nb, path)
     return path
 

@@ -1,4 +1,4 @@
-"""06_results and its widgets: saved scores only, threshold explorer, hybrid term weights."""
+"""07_results and its widgets: saved scores only, threshold explorer, hybrid term weights."""
 
 import subprocess
 import sys
@@ -146,9 +146,9 @@ def _stream_text(path: Path) -> str:
 def test_results_notebook_reads_every_method_without_retraining(tmp_path):
     make_run_folder(tmp_path)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "scores").iterdir()}
-    result = _run_cli("06_results", "--out", str(tmp_path))
+    result = _run_cli("07_results", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    text = _stream_text(tmp_path / "notebooks" / "06_results.ipynb")
+    text = _stream_text(tmp_path / "notebooks" / "07_results.ipynb")
     assert "methods compared: ganomaly, gradcon, hybrid" in text
     assert "anogan: not in this run folder" in text
     assert "| hybrid |" in text
@@ -159,7 +159,7 @@ def test_results_notebook_reads_every_method_without_retraining(tmp_path):
 
 @pytest.mark.slow
 def test_results_notebook_after_data_prep_only_says_nothing_to_compare(tmp_path):
-    result = _run_cli("00_data_prep", "06_results", "--out", str(tmp_path))
+    result = _run_cli("00_data_prep", "07_results", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    text = _stream_text(tmp_path / "notebooks" / "06_results.ipynb")
+    text = _stream_text(tmp_path / "notebooks" / "07_results.ipynb")
     assert "nothing to compare yet" in text

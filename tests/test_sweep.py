@@ -34,6 +34,10 @@ def test_parse_lists_and_methods():
         sweep.parse_list("1,x", "seed")
     with pytest.raises(sweep.SweepError, match="unknown method fanogan; use any of: anogan"):
         sweep.parse_methods("gradcon,fanogan")
+    with pytest.raises(sweep.SweepError, match="ensemble is made from ganomaly and gradcon: list "
+                                                 "ganomaly too, e.g. --methods gradcon,ensemble,ganomaly"):
+        sweep.parse_methods("gradcon,ensemble")
+    assert sweep.parse_methods("ganomaly,gradcon,ensemble") == ["ganomaly", "gradcon", "ensemble"]
 
 
 def test_notebooks_per_method():
@@ -106,6 +110,25 @@ def test_finished_runs_are_skipped_and_partial_ones_run_only_what_is_missing(tmp
     written = yaml.safe_load((runs[1].folder / "sweep-parameters.yaml").read_text())
     assert written == {"notebooks": {nb: plan(runs[1])[nb] for nb in
                                      ("00_data_prep", "01_dcgan_training", "02_latent_mapping")}}
+
+
+def test_the_ensemble_runs_again_when_a_part_does(tmp_path):
+    out, old = tmp_path / "sw", _plan({"epochs": 2})
+    run = sweep.plan_runs("digits", [0], [0], out)[0]
+    _fake_metrics(run.folder, "digits", 0, 0, {"ganomaly": 0.8, "gradcon": 0.9, "ensemble": 0.95})
+    _record(run.folder, old, run, ["00_data_prep", "03_ganomaly", "04_gradcon", "06_ensemble"])
+    methods = ["ganomaly", "gradcon", "ensemble"]
+    assert sweep.sweep("digits", [0], [0], methods, out, plan=old, engine=_recording_engine([]),
+                       echo=lambda m: None).skipped == 1
+
+    def new(r):  # only GradCon's epochs change: its scores, so the ensemble's, change
+        planned = old(r)
+        planned["04_gradcon"]["epochs"] = 3
+        return planned
+
+    sweep.sweep("digits", [0], [0], methods, out, plan=new, engine=_recording_engine(calls := []),
+                echo=lambda m: None)
+    assert calls[0].args[:3] == ("00_data_prep", "04_gradcon", "06_ensemble")
 
 
 def test_changed_parameters_rerun_what_they_change_or_are_kept_and_flagged(tmp_path):
@@ -296,7 +319,7 @@ def test_a_failing_run_is_reported_and_the_sweep_exits_non_zero(tmp_path):
 
 def test_cli_has_the_sweep_command():
     args = cli.build_parser().parse_args(["sweep", "--out", "x"])
-    assert args.func is cli.cmd_sweep and args.methods == "anogan,ganomaly,gradcon,hybrid"
+    assert args.func is cli.cmd_sweep and args.methods == "anogan,ganomaly,gradcon,hybrid,ensemble"
 
 
 def test_a_changed_notebook_default_reruns_runs_that_recorded_defaults(tmp_path):
