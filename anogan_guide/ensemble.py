@@ -52,7 +52,7 @@ def combination(val_scores: Mapping[str, torch.Tensor], share: float) -> Combina
     """The fitted mix: each part standardised on its validation normals, weights (1-share, share)."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share {share} is outside [0, 1]; give GradCon's share of the score, "
-                         f"e.g. 0.7 (GANomaly gets 1 - share)")
+                         f"e.g. {SHARE} (GANomaly gets 1 - share)")
     scalers = tuple(Standardizer.fit(val_scores[m]) for m in PARTS)
     return Combination(PARTS, scalers, (1.0 - share, share))
 
