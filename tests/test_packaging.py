@@ -53,3 +53,16 @@ def test_papermill_documents_every_parameter():
         assert list(inspected) == names, f"{path.name}: papermill cannot parse every line"
         assert all(inspected[n]["help"] for n in names), f"{path.name}: comment every parameter"
         assert names[: len(SHARED_PARAMETERS)] == list(SHARED_PARAMETERS), path.name
+
+
+def test_every_shipped_parameters_file_names_known_notebooks_and_parameters(tmp_path):
+    """A typo in params/*.yaml (a notebook or parameter that does not exist) fails here, not an
+    hour into a sweep."""
+    from anogan_guide.execution import all_notebooks, plan_parameters, read_params_file
+
+    files = sorted((REPO / "params").glob("*.yaml"))
+    assert len(files) >= 5
+    for path in files:
+        common, per_notebook = read_params_file(str(path))
+        plans = plan_parameters(all_notebooks(), common, per_notebook, {}, tmp_path)
+        assert all(plan["run_dir"] == str(tmp_path) for plan in plans if "run_dir" in plan), path
