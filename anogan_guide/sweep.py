@@ -1,7 +1,7 @@
 """`anogan-guide sweep`: the guidebook's notebooks over classes and seeds, then one results table.
 
     anogan-guide sweep --dataset mnist --classes 0-9 --seeds 0,1,2 \
-        --methods anogan,ganomaly,gradcon,hybrid [--engine local --jobs N | --engine ray ...] \
+        --methods anogan,ganomaly,gradcon,hybrid,ensemble [--engine local --jobs N | --engine ray ...] \
         --out DIR [-p NAME VALUE ...] [-f P.yaml] [--keep-different]
 
 Each (class, seed) is one run folder, DIR/<dataset>/class<c>_seed<s>/, filled by
