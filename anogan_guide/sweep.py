@@ -11,7 +11,9 @@ every notebook it ran and the defaults of that notebook's parameters cell (metri
 "parameters" and "defaults"); a method already there with the requested values is skipped, one
 made with others (passed or default) runs again (or, with --keep-different, is kept and
 flagged), so the same command resumes an interrupted sweep and a changed parameter or default
-re-runs what it changes. The results files come from results.py.
+re-runs what it changes. A training notebook the run finished with the requested values is
+given `resume: true`, so it reloads its training rather than repeating it (a GAN whose mapping
+was interrupted). The results files come from results.py.
 """
 
 from __future__ import annotations
@@ -192,6 +194,22 @@ def parameter_changes(data: dict, method: str, requested: dict[str, dict],
     return ", ".join(dict.fromkeys(changes))
 
 
+def reload_finished_training(data: dict, notebooks: Sequence[str], requested: dict[str, dict],
+                             defaults: Mapping[str, dict] | None) -> dict[str, dict]:
+    """`requested` with `resume: true` for each training notebook (one whose parameters cell
+    has `resume`) that this run finished with the requested values: it reloads that training
+    instead of doing it again, e.g. a GAN whose latent mapping was interrupted. A `resume`
+    passed explicitly is kept."""
+    planned = dict(requested)
+    for stem in notebooks:
+        if ("resume" in (defaults or {}).get(stem, {}) and "resume" not in requested[stem]
+                and stem in data.get("parameters", {})):
+            recorded, now = _compared(data, stem, requested, defaults)
+            if recorded == now:
+                planned[stem] = {**requested[stem], "resume": True}
+    return planned
+
+
 def notebooks_for(methods: Sequence[str]) -> list[str]:
     """00_data_prep, then the notebooks of the given methods in the guidebook's order."""
     names = {DATA_PREP} | {nb for m in methods for nb in METHOD_NOTEBOOKS[m]}
@@ -248,9 +266,10 @@ def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
         else:
             outcome.run += 1
         notebooks = notebooks_for(todo)
+        planned = reload_finished_training(data, notebooks, requested, defaults)
         params_file = run.folder / "sweep-parameters.yaml"
         with atomic_path(params_file) as tmp:
-            tmp.write_text(yaml.safe_dump({"notebooks": {nb: requested[nb] for nb in notebooks}},
+            tmp.write_text(yaml.safe_dump({"notebooks": {nb: planned[nb] for nb in notebooks}},
                                           sort_keys=False))
         tasks.append(Task(run.name, run.folder, (*notebooks, "-f", str(params_file),
                                                  "--out", str(run.folder))))

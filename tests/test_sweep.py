@@ -112,6 +112,36 @@ def test_finished_runs_are_skipped_and_partial_ones_run_only_what_is_missing(tmp
                                      ("00_data_prep", "01_dcgan_training", "02_latent_mapping")}}
 
 
+def test_a_finished_training_is_reloaded_not_repeated(tmp_path):
+    """A GAN trained with the requested values whose mapping was interrupted: 01 runs again with
+    `resume: true` (it reloads the finished training), 02 as planned; one trained with other
+    values, or given `resume` explicitly, runs as requested."""
+    out, plan = tmp_path / "sw", _plan()
+    defaults = {nb: {"epochs": 5} for nb in ("00_data_prep", "02_latent_mapping")}
+    defaults["01_dcgan_training"] = {"epochs": 5, "resume": False}
+    runs = sweep.plan_runs("digits", [0, 1], [0], out)
+    for run in runs:
+        _fake_metrics(run.folder, "digits", run.normal_class, 0, {})
+        for stem in ("00_data_prep", "01_dcgan_training"):  # 02 never finished
+            evaluate.record_parameters(Run(run.folder), stem, plan(run)[stem], defaults[stem])
+    evaluate.record_parameters(Run(runs[1].folder), "01_dcgan_training",
+                               {**plan(runs[1])["01_dcgan_training"], "epochs": 2},
+                               defaults["01_dcgan_training"])
+    sweep.sweep("digits", [0, 1], [0], ["anogan"], out, plan=plan, defaults=defaults,
+                engine=_recording_engine(calls := []), echo=lambda m: None)
+    assert [task.name for task in calls] == ["class 0 seed 0", "class 1 seed 0"]
+    written = [yaml.safe_load((r.folder / "sweep-parameters.yaml").read_text())["notebooks"]
+               for r in runs]
+    assert written[0]["01_dcgan_training"] == {**plan(runs[0])["01_dcgan_training"], "resume": True}
+    assert written[0]["02_latent_mapping"] == plan(runs[0])["02_latent_mapping"]
+    assert written[1]["01_dcgan_training"] == plan(runs[1])["01_dcgan_training"]  # trains again
+    explicit = _plan({"resume": False})
+    sweep.sweep("digits", [0], [0], ["anogan"], out, plan=explicit, defaults=defaults,
+                engine=_recording_engine([]), echo=lambda m: None)
+    assert yaml.safe_load((runs[0].folder / "sweep-parameters.yaml").read_text())["notebooks"][
+        "01_dcgan_training"]["resume"] is False
+
+
 def test_the_ensemble_runs_again_when_a_part_does(tmp_path):
     out, old = tmp_path / "sw", _plan({"epochs": 2})
     run = sweep.plan_runs("digits", [0], [0], out)[0]
@@ -301,6 +331,19 @@ def test_small_sweep_writes_results_and_a_second_call_skips(tmp_path):
     assert "2 runs: 2 skipped" in second.stdout + second.stderr
     assert stamps == [p.stat().st_mtime_ns for p in metrics]  # nothing ran again
     assert evaluate.read_metrics(Run(metrics[0].parent))["normal_class"] == 0
+    # an entry without development figures (made before them) runs again, but its finished
+    # training is reloaded (`resume: true`), not repeated: the same checkpoint and AUROC
+    method = methods.split(",")[-1]
+    data = evaluate.read_metrics(Run(metrics[0].parent))
+    before = data["methods"][method].pop("dev")
+    write_json(metrics[0], data)
+    checkpoint = Run(metrics[0].parent).checkpoint(method, "last")
+    trained = checkpoint.stat().st_mtime_ns
+    third = _sweep(*args)
+    assert third.returncode == 0, third.stderr
+    assert "1 skipped" in third.stdout + third.stderr and checkpoint.stat().st_mtime_ns == trained
+    again = evaluate.read_metrics(Run(metrics[0].parent))["methods"][method]
+    assert again["auroc"] == data["methods"][method]["auroc"] and again["dev"] == before
 
 
 @pytest.mark.slow
