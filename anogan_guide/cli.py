@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--classes", default="0-9", help="normal classes, e.g. 0-9 or 0,1,7")
     sw.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2 or 0-4")
     sw.add_argument("--methods", default="anogan,ganomaly,gradcon,hybrid,ensemble",
-                    help="comma-separated: anogan, ganomaly, gradcon, hybrid, ensemble (listed "
+                    help="comma-separated: anogan, ganomaly, gradcon, hybrid, rotnet, ensemble (listed "
                          "with ganomaly and gradcon)")
     sw.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="where the runs execute: this machine (default) or a Ray cluster")

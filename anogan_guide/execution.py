@@ -26,7 +26,7 @@ class UsageError(ValueError):
 
 
 def all_notebooks() -> list[Path]:
-    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]*_*.ipynb"))
 
 
 def resolve_notebooks(names: list[str]) -> list[Path]:

@@ -29,7 +29,7 @@ from .data import ImageSet, OneClassSplit
 from .evaluate import dev_metrics
 from .nets import GanomalyDiscriminator, GanomalyGenerator, dcgan_init
 from .runs import Run, config_from_dict, read_checkpoint, save_image_grid
-from .training import TrainingLoop, load_trained
+from .training import Cycled, TrainingLoop, load_trained
 
 METHOD = "ganomaly"
 VALUE_RANGE = (-1.0, 1.0)  # tanh decoder
@@ -214,23 +214,6 @@ def validation_criterion(val_table: ScoreTable, z: torch.Tensor, select: str) ->
 # Training
 
 
-class _Cycled:
-    """Whole passes over a loader until at least `min_steps` batches: an epoch of a tiny data set
-    (112 digits = 1 batch of 64) would otherwise be a single optimiser step. MNIST's ~85 batches
-    per epoch are left as they are."""
-
-    def __init__(self, loader: Iterable, min_steps: int) -> None:
-        self.loader = loader
-        self.passes = max(1, -(-max(0, min_steps) // max(1, len(loader))))
-
-    def __len__(self) -> int:
-        return self.passes * len(self.loader)
-
-    def __iter__(self) -> Iterator:
-        for _ in range(self.passes):
-            yield from self.loader
-
-
 def _config_dict(config: GanomalyConfig, split: OneClassSplit) -> dict:
     return {**asdict(config), "image_size": split.image_size, "channels": split.channels}
 
@@ -265,7 +248,7 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
                         generators=(shuffle,))
     train_set = split.train.in_range(*VALUE_RANGE)
     # a last batch of one image would break BatchNorm in train mode
-    loader = _Cycled(train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
+    loader = Cycled(train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
                                       drop_last=len(train_set) > config.batch_size),
                      config.min_steps_per_epoch)
     shown = split.val.in_range(*VALUE_RANGE).tensors()[:progress_images].to(device)

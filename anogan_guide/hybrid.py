@@ -37,7 +37,7 @@ from .fusion import COMBINATION_PREFIX, WEIGHTINGS, Combination, fit_combination
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .nets import GanomalyDiscriminator, GanomalyGenerator
 from .runs import Run
-from .training import TrainingLoop
+from .training import Cycled, TrainingLoop
 
 METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
@@ -225,7 +225,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
     steps = loop.extra[gradcon.REF_STEPS]
     train_set = split.train.in_range(*VALUE_RANGE)
     # a last batch of one image would break BatchNorm in train mode
-    loader = ganomaly._Cycled(train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
+    loader = Cycled(train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
                                                drop_last=len(train_set) > config.batch_size),
                               config.min_steps_per_epoch)
     val_images = split.val.in_range(*VALUE_RANGE).tensors()

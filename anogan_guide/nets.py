@@ -1,4 +1,5 @@
-"""The networks only (no training code): DCGAN G/D, GANomaly G/D and the GradCon autoencoder.
+"""The networks only (no training code): DCGAN G/D, GANomaly G/D, the GradCon autoencoder and the
+rotation classifier.
 
 DCGAN-style networks (DCGAN, GANomaly) need a power-of-two image size: depth follows the size,
 from the 4x4 bottleneck up (16: 2 up-sampling blocks, 32: 3, 64: 4).
@@ -199,6 +200,38 @@ class GradConAE(nn.Module):
         """Names (as in named_parameters) of the decoder's transposed-conv weights."""
         return [f"decoder.{i}.weight" for i, m in enumerate(self.decoder)
                 if isinstance(m, nn.ConvTranspose2d)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotation classifier (RotNet-style self-supervision, rotnet.py)
+
+
+class RotationClassifier(nn.Module):
+    """A small VGG-style classifier of the four quarter turns: three stages of two 3x3
+    convolutions (BatchNorm, ReLU; `width`, 2 `width`, 4 `width` channels), each stage but the
+    last followed by 2x2 max pooling, then global average pooling and a linear layer to 4
+    logits. Any image size of at least 8 pixels; inputs in [-1, 1]."""
+
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        if image_size < 8:
+            raise ValueError(f"the rotation classifier needs images of at least 8x8 pixels; got "
+                             f"{image_size} - use image_size 16 or more")
+        self.image_size, self.channels, self.width = image_size, channels, width
+        layers: list[nn.Module] = []
+        prev = channels
+        for stage, w in enumerate((width, 2 * width, 4 * width)):
+            for _ in range(2):
+                layers += [nn.Conv2d(prev, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                           nn.ReLU(inplace=True)]
+                prev = w
+            if stage < 2:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(prev, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -20,6 +20,25 @@ def _np(values) -> np.ndarray:
     return np.asarray(values)
 
 
+MAX_COLUMNS = 4  # panels per row: a figure of many panels grows downwards, not sideways
+
+
+def panel_grid(n: int, *, width: float = 3.4, height: float = 2.8,
+               max_columns: int = MAX_COLUMNS) -> tuple[Figure, list]:
+    """A figure with `n` panels in rows of at most `max_columns`, each `width` x `height` inches;
+    returns it and the n axes in reading order (the grid's unused places removed), so a
+    chart holds its shape for any number of methods or terms."""
+    n = max(1, n)
+    columns = min(n, max_columns)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
+                             squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    return fig, flat[:n]
+
+
 def image_grid(images: torch.Tensor, *, title: str = "", value_range=(0.0, 1.0), nrow: int = 8,
                ax=None) -> Figure:
     """Show a batch of images as one grid (torchvision's make_grid)."""
@@ -41,8 +60,8 @@ def loss_curves(history: Mapping[str, Sequence[float]], *, title: str = "trainin
     """One panel per loss, per step (moving average over `smooth` steps; `xlabel="epoch"` for
     per-epoch histories)."""
     names = list(history)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    fig, axes = panel_grid(len(names), width=3.2, height=2.6)
+    for ax, name in zip(axes, names, strict=True):
         values = np.asarray(history[name], dtype=float)
         if smooth > 1 and len(values) >= smooth:
             values = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
@@ -77,15 +96,15 @@ def term_histograms(terms: Mapping[str, torch.Tensor], labels, *, bins: int = 40
     for every term, or a mapping term -> labels when the terms come from different test images
     (methods scored on different subsets)."""
     names = list(terms)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    fig, axes = panel_grid(len(names), width=3.4, height=2.8)
+    for ax, name in zip(axes, names, strict=True):
         mine = _np(labels[name] if isinstance(labels, Mapping) else labels).astype(bool)
         values = _np(terms[name]).astype(float)
         edges = np.histogram_bin_edges(values, bins=bins)
         ax.hist(values[~mine], bins=edges, alpha=0.6, density=True, label="normal")
         ax.hist(values[mine], bins=edges, alpha=0.6, density=True, label="anomalous")
         ax.set_title(name)
-    axes[0][0].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -151,5 +170,27 @@ def contingency(clusters, classes, class_names: Sequence[str], *, title: str = "
     ax.set_xlabel("cluster")
     ax.set_ylabel("true class")
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def rotation_confusions(matrices: Mapping[str, torch.Tensor | np.ndarray],
+                        names: Sequence[str] = ("0°", "90°", "180°", "270°"), *,
+                        title: str = "") -> Figure:
+    """One panel per set of images (e.g. validation normals, test anomalies): which quarter turn
+    a rotation network predicted (columns) for the turn it was shown (rows), as shares of a row
+    (scikit-learn's ConfusionMatrixDisplay)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, axes = panel_grid(len(matrices), width=3.2, height=3.0)
+    for ax, (label, counts) in zip(axes, matrices.items(), strict=True):
+        counts = _np(counts).astype(float)
+        shares = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+        ConfusionMatrixDisplay(shares, display_labels=list(names)).plot(
+            ax=ax, colorbar=False, values_format=".2f", cmap="Blues")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("predicted turn")
+        ax.set_ylabel("turn shown")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -37,6 +37,7 @@ METHOD_NOTEBOOKS: dict[str, tuple[str, ...]] = {
     "ganomaly": ("03_ganomaly",),
     "gradcon": ("04_gradcon",),
     "hybrid": ("05_hybrid",),
+    "rotnet": ("05b_rotnet",),
     "ensemble": ("06_ensemble",),
 }
 # method -> the methods whose results it is made from (listed with it; re-run, they re-run it)
@@ -47,6 +48,7 @@ METHOD_ENTRIES: dict[str, tuple[str, ...]] = {
     "ganomaly": ("ganomaly",),
     "gradcon": ("gradcon",),
     "hybrid": ("hybrid",),
+    "rotnet": ("rotnet",),
     "ensemble": ("ensemble",),
 }
 DATA_PREP = "00_data_prep"

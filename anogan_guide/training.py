@@ -175,6 +175,23 @@ class TrainingLoop:
         return is_best
 
 
+class Cycled:
+    """Whole passes over a loader until at least `min_steps` batches: an epoch of a tiny data set
+    (112 digits = 1 batch of 64) would otherwise be a single optimiser step. MNIST's ~85 batches
+    per epoch are left as they are."""
+
+    def __init__(self, loader: Iterable, min_steps: int) -> None:
+        self.loader = loader
+        self.passes = max(1, -(-max(0, min_steps) // max(1, len(loader))))
+
+    def __len__(self) -> int:
+        return self.passes * len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self.passes):
+            yield from self.loader
+
+
 def load_trained(run: Run, method: str, models: dict[str, torch.nn.Module], *,
                  which: str = "best", map_location: str | torch.device = "cpu") -> dict:
     """Load a method's models from its checkpoint in a fresh kernel; returns the checkpoint dict
