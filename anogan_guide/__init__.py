@@ -1,6 +1,6 @@
 """The AnoGAN Guidebook's supporting package: data, networks, methods, evaluation and plots."""
 
-from . import anogan, fanogan, ganomaly, gradcon, gradscore, hybrid, latent, nets
+from . import anogan, detector, fanogan, ganomaly, gradcon, gradscore, hybrid, latent, maps, nets
 from .anogan import AnoganConfig
 from .data import (
     ImageSet,
@@ -11,6 +11,7 @@ from .data import (
     stratified_sample,
     subsample_test,
 )
+from .detector import Detector
 from .fanogan import FanoganConfig
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .gradcon import GradConConfig
@@ -34,4 +35,5 @@ __all__ = [
     "HybridConfig", "TrainedHybrid", "hybrid",
     "ImageSet", "OneClassSplit", "Run", "load_one_class", "load_split", "open_run",
     "pick_device", "save_split", "seed_everything", "stratified_sample", "subsample_test",
+    "Detector", "detector", "maps",
 ]

@@ -89,19 +89,31 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def image_channels(img) -> int:
+    """The channel count an image of this PIL mode is read with: 1 for the gray modes, else 3."""
+    return 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+
+
+def image_tensor(img, channels: int) -> torch.Tensor:
+    """A PIL image as uint8 (C, H, W) with `channels` channels: PIL's convert, so colour becomes
+    gray by ITU-R 601-2 luma and gray is repeated into RGB (how every split reads its files)."""
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
+
+
 def read_images(paths: list[Path], channels: int | None) -> tuple[list[torch.Tensor], int]:
     """Decode images (PIL through torchvision's loader); every failure names the file.
     Returns uint8 CHW tensors and the channel count (from the first image unless given)."""
     from PIL import Image
-    from torchvision.transforms.v2.functional import pil_to_tensor
 
     out = []
     for p in paths:
         try:
             with Image.open(p) as img:
                 if channels is None:
-                    channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-                out.append(pil_to_tensor(img.convert("L" if channels == 1 else "RGB")))
+                    channels = image_channels(img)
+                out.append(image_tensor(img, channels))
         except Exception as err:
             raise ValueError(f"cannot read image {p} ({type(err).__name__}); remove or replace "
                              f"the file") from None

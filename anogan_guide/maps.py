@@ -1,0 +1,159 @@
+"""Anomaly maps: overlays (the image beside the image with its map) and, where the data has
+ground-truth masks (the MVTec AD layout), the pixel-level AUROC of a method's maps.
+
+MVTec AD layout, read as a `folder` dataset with normal_class good:
+
+    DIR/train/good/*.png   DIR/test/good/*.png   DIR/test/<defect>/*.png
+    DIR/ground_truth/<defect>/<name>_mask.png     (white = defective pixel)
+
+Pixel AUROC (the MVTec benchmark's pixel-level figure): every test pixel of the images a method
+scored, labelled by its mask (test/good images: no defective pixel), ranked by the map
+(scikit-learn's roc_auc_score over all pixels at once). Masks are resized to the split's image
+size by the split's own resize and a pixel counts as defective where the resized mask is at least
+half white.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .runs import Run, atomic_path, write_json
+
+MASK_FOLDER = "ground_truth"
+MASK_SUFFIX = "_mask.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Overlays
+
+
+def overlay_name(index: int, name: str) -> str:
+    """A unique PNG name for image `index` of a call: 00012_<its file stem>.png."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem)[:60] or "image"
+    return f"{index:05d}_{stem}.png"
+
+
+def overlay_figure(original: torch.Tensor, amap: torch.Tensor, *, title: str = ""):
+    """A matplotlib Figure (no pyplot state): the image, and the image under its map (colour
+    bar in the map's own units)."""
+    from matplotlib.figure import Figure
+
+    image = original.permute(1, 2, 0).numpy()
+    gray = image.shape[2] == 1
+    fig = Figure(figsize=(6.4, 3.2))
+    axes = fig.subplots(1, 2)
+    for ax in axes:
+        ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0,
+                  vmax=255)
+        ax.set_axis_off()
+    heat = axes[1].imshow(amap.numpy(), cmap="jet", alpha=0.5)
+    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[0].set_title("image", fontsize=9)
+    axes[1].set_title("anomaly map", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_overlay(path: str | Path, original: torch.Tensor, amap: torch.Tensor, *,
+                 title: str = "") -> Path:
+    """Save `overlay_figure` as a PNG, atomically."""
+    fig = overlay_figure(original, amap, title=title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground-truth masks and pixel AUROC
+
+
+def mask_path(root: Path, ref: str) -> Path | None:
+    """The MVTec mask of test image `ref` ("test/<defect>/<name>.png"); None for test/good."""
+    parts = Path(ref).parts
+    if len(parts) < 3 or parts[0] != "test" or parts[1] == "good":
+        return None
+    return root / MASK_FOLDER / parts[1] / (Path(ref).stem + MASK_SUFFIX)
+
+
+def has_masks(split) -> bool:
+    """Whether the split is a folder dataset with a ground_truth/ folder beside train/ and test/."""
+    root = split.config.get("data_root")
+    return split.dataset == "folder" and bool(root) and (Path(root) / MASK_FOLDER).is_dir()
+
+
+def read_masks(split, indices: torch.Tensor, size: int) -> torch.Tensor:
+    """Boolean masks (N, size, size) of the split's test images `indices`."""
+    from PIL import Image
+
+    from .sources import resize
+
+    root = Path(split.config["data_root"])
+    refs = split.config["test"]
+    out = torch.zeros(len(indices), size, size, dtype=torch.bool)
+    for row, i in enumerate(indices.tolist()):
+        path = mask_path(root, refs[i])
+        if path is None:
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"no mask for {refs[i]}: expected {path} (MVTec layout: "
+                                    f"{MASK_FOLDER}/<defect>/<name>{MASK_SUFFIX})")
+        with Image.open(path) as img:
+            mask = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.uint8).copy())
+        out[row] = resize(mask[None, None], size)[0, 0] >= 128
+    return out
+
+
+def pixel_auroc(maps: torch.Tensor | Sequence[torch.Tensor], masks: torch.Tensor) -> float:
+    """AUROC of per-pixel scores against boolean masks, over all pixels of all images."""
+    from sklearn.metrics import roc_auc_score
+
+    values = torch.stack(list(maps)) if not isinstance(maps, torch.Tensor) else maps
+    labels = masks.reshape(-1).numpy()
+    if labels.all() or not labels.any():
+        raise ValueError("pixel AUROC needs defective and defect-free pixels; the masks hold only "
+                         "one kind")
+    return float(roc_auc_score(labels, values.reshape(-1).double().numpy()))
+
+
+def record_pixel_auroc(run: Run, split, methods: str | Sequence[str], *,
+                       device: str = "auto") -> dict[str, float]:
+    """Where the split has ground-truth masks: each method's pixel AUROC on the test images it
+    scored (scores/<method>.npz), recorded as `pixel_auroc` in its metrics.json entry. Methods
+    the run does not have, and methods without maps, are passed over (with a line saying so);
+    without masks nothing happens. Returns {method: pixel AUROC}."""
+    from .detector import Detector, NoMap
+    from .evaluate import load_scores, read_metrics
+
+    if not has_masks(split):
+        return {}
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    have = read_metrics(run).get("methods", {})
+    out = {}
+    for method in methods:
+        if method not in have:
+            continue
+        indices = torch.as_tensor(load_scores(run, method).test_indices)
+        detector = Detector.load(run.root, method, device=device, verbose=False, split=split)
+        try:
+            maps = detector.anomaly_map(split.test.images[indices])
+        except NoMap as err:
+            print(f"{method}: no pixel AUROC ({err})")
+            continue
+        out[method] = pixel_auroc(maps, read_masks(split, indices, split.image_size))
+        data = read_metrics(run)
+        data["methods"][method]["pixel_auroc"] = out[method]
+        write_json(run.metrics_path, data)
+        print(f"{method}: pixel AUROC {out[method]:.3f} on {len(indices)} test images "
+              f"({detector.map_note})")
+    return out
+
+
+__all__ = ["has_masks", "mask_path", "overlay_figure", "overlay_name", "pixel_auroc",
+           "read_masks", "record_pixel_auroc", "save_overlay"]
