@@ -14,6 +14,11 @@ an optional `notebooks:` mapping of per-notebook values (`notebooks: {03_ganomal
 
 runs the same notebooks for every (class, seed) and writes DIR/results.csv and results.md
 (anogan_guide/sweep.py, engines.py, results.py). Executing notebooks: execution.py.
+
+    anogan-guide score RUN_DIR|detector.pt IMAGES... [--method M] [--out scores.csv] [--maps DIR]
+    anogan-guide export RUN_DIR [--method M] --out detector.pt
+
+score new images with a trained detector, and write one to a file (apply.py, detector.py).
 """
 
 from __future__ import annotations
@@ -166,13 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("-f", dest="params_file", metavar="PARAMS.yaml", help="parameters file")
     sw.add_argument("--out", required=True, help="the sweep folder (DIR/<dataset>/class<c>_seed<s>)")
     sw.set_defaults(func=cmd_sweep)
+    from .apply import add_parsers
+
+    add_parsers(sub)  # anogan-guide score / export (apply.py)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .apply import ScoreError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ScoreError as err:
+        print(f"anogan-guide: error: {err}", file=sys.stderr)
+        return 1
     except UsageError as err:
         print(f"anogan-guide: error: {err}", file=sys.stderr)
         return 2
