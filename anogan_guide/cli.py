@@ -69,7 +69,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         classes = sweep.parse_list(args.classes, "class", integers=args.dataset != "folder")
         seeds = sweep.parse_list(args.seeds, "seed")
-        methods = sweep.parse_methods(args.methods)
+        common, per_notebook = read_params_file(args.params_file)
+        given = {name: yaml.safe_load(value) if value != "" else "" for name, value in args.p}
+        methods = sweep.parse_methods(args.methods, {
+            notebook: {**common, **per_notebook.get(notebook, {}), **given}
+            for notebook, _ in sweep.NEEDS_PARAMETER.values()})
     except sweep.SweepError as err:
         raise UsageError(str(err)) from None
     out = Path(args.out).expanduser().resolve()
@@ -101,8 +105,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          f"--classes and --seeds")
     # check the notebooks, the -p names and the parameters file once, before any run starts
     notebooks = resolve_notebooks(sweep.notebooks_for(methods))
-    common, per_notebook = read_params_file(args.params_file)
-    overrides = {name: yaml.safe_load(value) if value != "" else "" for name, value in args.p}
+    overrides = given
     plan_parameters(notebooks, common, per_notebook, overrides, out)
 
     def plan(run: sweep.SweepRun) -> dict[str, dict]:

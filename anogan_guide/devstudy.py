@@ -124,7 +124,7 @@ def study_ensemble(folders: Sequence[Path]) -> dict[str, list[float]]:
     """Per share of GradCon, the ensemble's development AUROC in every run with both parts."""
     out: dict[str, list[float]] = {f"share {s:g}": [] for s in ensemble.SHARES}
     for folder in folders:
-        parts = {m: _dev_parts(folder, m) for m in ensemble.PARTS}
+        parts = {m: _dev_parts(folder, m) for m in ensemble.DEFAULT_PARTS}
         if any(p is None for p in parts.values()):
             continue
         curve = ensemble.dev_auroc_per_share({m: p[0]["score"] for m, p in parts.items()},

@@ -42,6 +42,8 @@ METHOD_NOTEBOOKS: dict[str, tuple[str, ...]] = {
 }
 # method -> the methods whose results it is made from (listed with it; re-run, they re-run it)
 METHOD_NEEDS: dict[str, tuple[str, ...]] = {"ensemble": ("ganomaly", "gradcon")}
+# method -> (its notebook, the parameter naming the methods it is made from, when given)
+NEEDS_PARAMETER: dict[str, tuple[str, str]] = {"ensemble": ("06_ensemble", "parts")}
 # method -> the metrics.json entries that count as "done" (02 names AnoGAN after its GAN loss)
 METHOD_ENTRIES: dict[str, tuple[str, ...]] = {
     "anogan": ("anogan", "anogan-wgangp"),
@@ -93,17 +95,33 @@ def parse_list(text: str, what: str, *, integers: bool = True) -> list:
     return seen
 
 
-def parse_methods(text: str) -> list[str]:
-    """Comma-separated method names, each one of METHOD_NOTEBOOKS."""
+def method_needs(method: str, parameters: Mapping[str, Mapping] | None = None) -> tuple[str, ...]:
+    """The methods `method` is made from: METHOD_NEEDS, or the value of its NEEDS_PARAMETER in
+    `parameters` (per notebook) when that is given (`-p parts rotnet,gradcon`)."""
+    notebook, name = NEEDS_PARAMETER.get(method, ("", ""))
+    given = (parameters or {}).get(notebook, {}).get(name)
+    if given:
+        return tuple(dict.fromkeys(p.strip() for p in str(given).split(",") if p.strip()))
+    return METHOD_NEEDS.get(method, ())
+
+
+def parse_methods(text: str, parameters: Mapping[str, Mapping] | None = None) -> list[str]:
+    """Comma-separated method names, each one of METHOD_NOTEBOOKS, listed with the methods they
+    are made from (`parameters`: the values given per notebook, for method_needs)."""
     methods = parse_list(text, "method", integers=False)
     unknown = [m for m in methods if m not in METHOD_NOTEBOOKS]
     if unknown:
         raise SweepError(f"unknown method {', '.join(map(str, unknown))}; use any of: "
                          f"{', '.join(METHOD_NOTEBOOKS)}")
     for method in methods:
-        absent = [m for m in METHOD_NEEDS.get(method, ()) if m not in methods]
+        needs = method_needs(method, parameters)
+        unknown = [m for m in needs if m not in METHOD_NOTEBOOKS or m == method]
+        if unknown:
+            raise SweepError(f"{method} cannot be made from {', '.join(unknown)}; its parts are "
+                             f"methods of the sweep: {', '.join(METHOD_NOTEBOOKS)}")
+        absent = [m for m in needs if m not in methods]
         if absent:
-            raise SweepError(f"{method} is made from {' and '.join(METHOD_NEEDS[method])}: list "
+            raise SweepError(f"{method} is made from {' and '.join(needs)}: list "
                              f"{', '.join(absent)} too, e.g. --methods "
                              f"{','.join(dict.fromkeys((*methods, *absent)))} (finished runs of "
                              f"them are skipped)")
@@ -254,7 +272,7 @@ def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
         todo = [m for m in methods if status[m] == "missing"
                 or (status[m] == "different" and not keep_different)]
         todo += [m for m in methods if m not in todo  # made from a method that runs again
-                 and any(need in todo for need in METHOD_NEEDS.get(m, ()))]
+                 and any(need in todo for need in method_needs(m, requested))]
         for m in methods:
             if status[m] == "different" and keep_different:
                 for entry in set(data["methods"]) & set(METHOD_ENTRIES[m]):

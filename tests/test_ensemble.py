@@ -85,6 +85,34 @@ def test_bad_input_is_one_clear_error(run, split, tmp_path):
     with pytest.raises(ValueError, match="ganomaly and gradcon scored different images"):
         ensemble.load_parts(run)
     empty = ag.open_run(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="run 03_ganomaly and 04_gradcon with this "
-                                                "run_dir first"):
+    with pytest.raises(FileNotFoundError, match="run ganomaly's notebook with this run_dir first"):
         ensemble.load_parts(empty)
+
+
+def test_any_methods_of_a_run_mix_with_their_weights(run, split):
+    run, parts = run
+    labels = split.test_labels.numpy()
+    rng = np.random.default_rng(1)
+    third = _scores(split, rng, 2.0, 1.0, 0.5)
+    _save(run, "rotnet", split, third)
+    evaluate.record_method(run, "rotnet", {
+        "auroc": 0.5, "auprc": 0.5, "f1": 0.0, "threshold": 0.0, "dev": None,
+        "train_seconds": 5.0, "score_seconds": 1.0, "score_images_per_second": 1.0, "params": {}})
+    entry = ensemble.finish(run, split, parts=("rotnet", "gradcon", "ganomaly"), weights=(2, 1, 1))
+    z = {m: (p["test"] - p["val"].mean()) / p["val"].std()
+         for m, p in {**parts, "rotnet": third}.items()}
+    expected = 0.5 * z["rotnet"] + 0.25 * z["gradcon"] + 0.25 * z["ganomaly"]
+    assert entry["auroc"] == pytest.approx(roc_auc_score(labels, expected))
+    assert entry["params"]["parts"] == ["rotnet", "gradcon", "ganomaly"]
+    assert entry["params"]["weights"] == pytest.approx([0.5, 0.25, 0.25])
+    assert entry["train_seconds"] == 25.0
+    assert set(evaluate.load_scores(run, "ensemble").test) == {"rotnet", "gradcon", "ganomaly", "score"}
+    pair = ensemble.finish(run, split, 0.3, parts="rotnet,gradcon")  # two parts: the share
+    assert pair["params"]["combination"] == "0.700*z(rotnet) + 0.300*z(gradcon)"
+    with pytest.raises(ValueError, match="3 parts .* need one weight each"):
+        ensemble.finish(run, split, parts="rotnet,gradcon,ganomaly")
+    with pytest.raises(ValueError, match="at least two methods"):
+        ensemble.finish(run, split, parts="rotnet")
+    with pytest.raises(FileNotFoundError, match=r"hybrid's scores.*mix methods it has \(ganomaly, "
+                                                r"gradcon, rotnet"):
+        ensemble.finish(run, split, parts="rotnet,hybrid")

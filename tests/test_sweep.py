@@ -38,6 +38,14 @@ def test_parse_lists_and_methods():
                                                  "ganomaly too, e.g. --methods gradcon,ensemble,ganomaly"):
         sweep.parse_methods("gradcon,ensemble")
     assert sweep.parse_methods("ganomaly,gradcon,ensemble") == ["ganomaly", "gradcon", "ensemble"]
+    # an ensemble of other parts (-p parts rotnet,gradcon) needs those parts instead
+    parts = {"06_ensemble": {"parts": "rotnet,gradcon"}}
+    assert sweep.parse_methods("rotnet,gradcon,ensemble", parts) == ["rotnet", "gradcon", "ensemble"]
+    with pytest.raises(sweep.SweepError, match="ensemble is made from rotnet and gradcon: list rotnet"):
+        sweep.parse_methods("ganomaly,gradcon,ensemble", parts)
+    with pytest.raises(sweep.SweepError, match="ensemble cannot be made from fanogan"):
+        sweep.parse_methods("gradcon,ensemble", {"06_ensemble": {"parts": "fanogan,gradcon"}})
+    assert sweep.notebooks_for(["rotnet", "gradcon"]) == ["00_data_prep", "04_gradcon", "05b_rotnet"]
 
 
 def test_notebooks_per_method():
