@@ -194,3 +194,25 @@ def rotation_confusions(matrices: Mapping[str, torch.Tensor | np.ndarray],
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def scores_against_complexity(scores: Mapping[str, tuple], *, title: str = "") -> Figure:
+    """One panel per method: each test image's score against its complexity (PNG bits per
+    dimension, complexity.py), normals and anomalies in two colours, with the Spearman
+    correlation in the title. `scores`: {method: (scores, complexity, 0/1 labels)}."""
+    from scipy.stats import spearmanr
+
+    fig, axes = panel_grid(len(scores), width=3.4, height=2.8)
+    for ax, (name, (values, complexity, labels)) in zip(axes, scores.items(), strict=True):
+        values, complexity = _np(values).astype(float), _np(complexity).astype(float)
+        mine = _np(labels).astype(bool)
+        ax.scatter(complexity[~mine], values[~mine], s=3, alpha=0.4, label="normal")
+        ax.scatter(complexity[mine], values[mine], s=3, alpha=0.2, label="anomalous")
+        rho = spearmanr(values, complexity).statistic
+        ax.set_title(f"{name} (Spearman {rho:+.2f})", fontsize=9)
+        ax.set_xlabel("PNG bits per dimension")
+        ax.set_ylabel("score")
+    axes[0].legend(fontsize=8, markerscale=3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
