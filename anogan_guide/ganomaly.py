@@ -13,20 +13,36 @@ serves the adversarial loss. Losses as published:
 The anomaly score of an image is its L_enc. Unlike the public code, the best epoch is chosen on
 validation normals only, scoring runs in eval mode (BatchNorm's running statistics, no gradients,
 batched), and no statistic is taken from the test set.
+
+With `w_rot > 0` the discriminator also learns, SS-GAN style, which quarter turn a normal image
+was shown in (`rothead.py`: L_D += w_rot L_rot, and L_G += w_rot_g times the rotation loss of
+the reconstructions); its per-image rotation loss is a fourth term, `l_rot`. A score of several
+terms (`score_terms`) standardises each with the validation normals' statistics and combines
+them by `weighting` (`fusion.py`, as the hybrid does), fitted after every epoch and saved with
+the checkpoint; one term alone is the score as it is (`l_enc`: the published score).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import rothead, scorerule
 from .data import ImageSet, OneClassSplit
 from .evaluate import dev_metrics
+from .fusion import Combination, fit_combination, pseudo_anomalies
+from .ganomaly_config import (  # noqa: F401 (re-exported: ganomaly.GanomalyConfig, ...)
+    ROTATION_KEYS,
+    SCORE_TERMS,
+    SELECTION_CRITERIA,
+    GanomalyConfig,
+    checkpoint_config,
+)
 from .nets import GanomalyDiscriminator, GanomalyGenerator, dcgan_init
 from .runs import Run, config_from_dict, read_checkpoint, save_image_grid
 from .training import Cycled, TrainingLoop, load_trained
@@ -34,36 +50,8 @@ from .training import Cycled, TrainingLoop, load_trained
 METHOD = "ganomaly"
 VALUE_RANGE = (-1.0, 1.0)  # tanh decoder
 D_COLLAPSE = 1e-5  # the published re-initialisation threshold on the discriminator's loss
-SELECTION_CRITERIA = ("l_enc", "l_enc_rel", "l_con", "last")
 ARCH_KEYS = ("image_size", "channels", "latent_dim", "width")
 ScoreTable = dict[str, torch.Tensor]
-
-
-@dataclass
-class GanomalyConfig:
-    """GANomaly's training parameters (json-safe; stored in every checkpoint)."""
-
-    epochs: int = 15
-    batch_size: int = 64
-    min_steps_per_epoch: int = 10  # small sets (e.g. 8x8 digits) are cycled to this many steps
-    lr: float = 2e-4
-    beta1: float = 0.5
-    latent_dim: int = 100
-    width: int = 64  # first conv block's channels (64 as published)
-    w_adv: float = 1.0
-    w_con: float = 50.0
-    w_enc: float = 1.0
-    select: str = "l_enc_rel"  # validation criterion for the best epoch, see SELECTION_CRITERIA
-    seed: int = 0
-    resume: bool = False
-
-    def __post_init__(self) -> None:
-        if self.select not in SELECTION_CRITERIA:
-            raise ValueError(f"select={self.select!r} is not a validation criterion; use one of "
-                             f"{', '.join(SELECTION_CRITERIA)}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 for BatchNorm (got "
-                             f"{self.batch_size}); use e.g. 64")
 
 
 @dataclass
@@ -78,6 +66,7 @@ class TrainedGanomaly:
     history: dict[str, list[float]] = field(default_factory=dict)  # per step
     epoch_history: dict[str, list[float]] = field(default_factory=dict)  # per epoch, val_* too
     train_seconds: float = 0.0
+    combination: Combination | None = None  # several score terms: fitted on validation normals
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +89,33 @@ def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> 
     real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
     fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
     return 0.5 * (real + fake)
+
+
+def discriminator_step(d: GanomalyDiscriminator, optimizer: torch.optim.Optimizer,
+                       x: torch.Tensor, x_hat: torch.Tensor, config: GanomalyConfig,
+                       flips: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """One step of D on BCE (real `x` vs the detached reconstruction `x_hat`), plus, with
+    w_rot > 0, w_rot times its rotation head's loss on the four turns of `x` (mirrored at random
+    by `flips`). Returns the step's detached losses: d_loss (the adversarial part, which the
+    collapse test reads), and with the head d_rot and acc_rot."""
+    d_loss = discriminator_loss(d(x), d(x_hat.detach()))
+    total, out = d_loss, {}
+    if config.w_rot:
+        d_rot, accuracy = rothead.rotation_loss(d, x, flips)
+        total = d_loss + config.w_rot * d_rot
+        out = {"d_rot": d_rot.detach(), "acc_rot": accuracy}
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return {"d_loss": d_loss.detach(), **out}
+
+
+def rotation_flips(config: GanomalyConfig) -> tuple[torch.Generator, ...]:
+    """The generator of the rotation loss's random mirroring (none without head or mirroring:
+    the random state of a run without the head is as before it existed)."""
+    if not (config.w_rot and config.rot_hflip):
+        return ()
+    return (torch.Generator().manual_seed(config.seed + 1),)
 
 
 def reinit_discriminator(discriminator: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -132,9 +148,11 @@ def _batches(images: ImageSet | torch.Tensor | Iterable, batch_size: int) -> Ite
 
 
 @torch.no_grad()
-def score_with_latent(trained: TrainedGanomaly, images, *, batch_size: int = 256
+def score_with_latent(trained: TrainedGanomaly, images, *, batch_size: int = 256,
+                      combination: Combination | None | str = "trained"
                       ) -> tuple[ScoreTable, torch.Tensor]:
-    """Per-image l_enc (= score), l_con and l_adv, plus the latent codes z (N, latent_dim).
+    """Per-image l_enc, l_con and l_adv (and l_rot, acc_rot with the rotation head), the score
+    (`_score_of`), plus the latent codes z (N, latent_dim).
 
     Eval mode (BatchNorm uses its running statistics, so an image's score does not depend on the
     other images in its batch), no gradients, batched. The models' modes are restored after."""
@@ -144,12 +162,16 @@ def score_with_latent(trained: TrainedGanomaly, images, *, batch_size: int = 256
     d.eval()
     device = next(g.parameters()).device
     terms: dict[str, list[torch.Tensor]] = {"l_enc": [], "l_con": [], "l_adv": []}
+    if d.has_rotation_head:
+        terms |= {"l_rot": [], "acc_rot": []}
     latents = []
     try:
         for x in _batches(images, batch_size):
             x = x.to(device, non_blocking=True)
             x_hat, z, z_hat = g(x)
             per_image = generator_losses(x, x_hat, z, z_hat, d.features(x), d.features(x_hat))
+            if d.has_rotation_head:
+                per_image |= rothead.terms(d, x, trained.config.rot_flips)
             for name, values in per_image.items():
                 terms[name].append(values.float().cpu())
             latents.append(z.float().cpu())
@@ -157,14 +179,39 @@ def score_with_latent(trained: TrainedGanomaly, images, *, batch_size: int = 256
         g.train(modes[0])
         d.train(modes[1])
     table = {k: torch.cat(v) if v else torch.zeros(0) for k, v in terms.items()}
-    table["score"] = table["l_enc"].clone()
+    table["score"] = _score_of(table, trained, combination)
     z_all = torch.cat(latents) if latents else torch.zeros(0, g.latent_dim)
     return table, z_all
 
 
+def _score_of(table: ScoreTable, trained: TrainedGanomaly, combination) -> torch.Tensor:
+    """The `score` column: the combination ("trained": the trained one; a single score term
+    is the score as it is), else l_enc (several terms before the first fit, or None)."""
+    terms = trained.config.terms
+    if combination == "trained":
+        combination = trained.combination
+        if len(terms) == 1 and terms[0] in table:
+            return table[terms[0]].clone()
+    return scorerule.column(table, combination)
+
+
 def score(trained: TrainedGanomaly, images, *, batch_size: int = 256) -> ScoreTable:
-    """The score table of `images`: l_enc, l_con, l_adv and score (= l_enc), one value per image."""
+    """The score table of `images`, one value per image: l_enc, l_con, l_adv, with the rotation
+    head l_rot and acc_rot, and score (l_enc, or the configured combination of terms)."""
     return score_with_latent(trained, images, batch_size=batch_size)[0]
+
+
+def fit_score(trained: TrainedGanomaly, val_table: ScoreTable, val_images: torch.Tensor
+              ) -> Combination | None:
+    """The combination of the configured score terms, fitted on the validation normals' table
+    (None for a single term: it is the score as it is); `pseudo` scores their pseudo-anomalies."""
+    cfg = trained.config
+    if len(cfg.terms) == 1:
+        return None
+    pseudo = (score(trained, pseudo_anomalies(val_images)) if cfg.weighting == "pseudo"
+              else None)
+    return fit_combination(val_table, cfg.terms, weighting=cfg.weighting, pseudo_table=pseudo,
+                           weights=cfg.weights)
 
 
 @torch.no_grad()
@@ -214,8 +261,11 @@ def validation_criterion(val_table: ScoreTable, z: torch.Tensor, select: str) ->
 # Training
 
 
-def _config_dict(config: GanomalyConfig, split: OneClassSplit) -> dict:
-    return {**asdict(config), "image_size": split.image_size, "channels": split.channels}
+def combination_extra(config: GanomalyConfig, combination: Combination | None
+                      ) -> dict[str, torch.Tensor]:
+    """The checkpoint's `extra` for a score of several terms; nothing for one term (as
+    checkpoints were before GANomaly's score could combine terms)."""
+    return {} if len(config.terms) == 1 else scorerule.extra(len(config.terms), combination)
 
 
 def build_models(image_size: int, channels: int, config: GanomalyConfig,
@@ -224,7 +274,8 @@ def build_models(image_size: int, channels: int, config: GanomalyConfig,
     """A fresh generator and discriminator (DCGAN init, seeded by config.seed)."""
     torch.manual_seed(config.seed)
     g = GanomalyGenerator(image_size, channels, config.latent_dim, config.width).to(device)
-    d = GanomalyDiscriminator(image_size, channels, config.width).to(device)
+    d = GanomalyDiscriminator(image_size, channels, config.width,
+                              rotation_head=config.w_rot > 0).to(device)
     return g, d
 
 
@@ -241,17 +292,19 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=betas)
     shuffle = torch.Generator().manual_seed(config.seed)
-    loop = TrainingLoop(run, METHOD, _config_dict(config, split),
+    flips = rotation_flips(config)
+    loop = TrainingLoop(run, METHOD, checkpoint_config(config, split),
                         models={"generator": g, "discriminator": d},
                         optimizers={"generator": opt_g, "discriminator": opt_d},
                         epochs=config.epochs, resume=config.resume, arch_keys=ARCH_KEYS,
-                        generators=(shuffle,))
+                        generators=(shuffle, *flips), extra=combination_extra(config, None))
     train_set = split.train.in_range(*VALUE_RANGE)
     # a last batch of one image would break BatchNorm in train mode
     loader = Cycled(train_set.loader(config.batch_size, shuffle=True, generator=shuffle,
                                       drop_last=len(train_set) > config.batch_size),
                      config.min_steps_per_epoch)
-    shown = split.val.in_range(*VALUE_RANGE).tensors()[:progress_images].to(device)
+    val_images = split.val.in_range(*VALUE_RANGE).tensors()
+    shown = val_images[:progress_images].to(device)
     trained = TrainedGanomaly(g, d, config, loop.epoch, loop.best_epoch)
     reinits = int(loop.epoch_history.get("d_reinits", [0])[-1]) if loop.epoch_history else 0
 
@@ -268,21 +321,26 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
                 x, x_hat, z, z_hat, features_real, d.features(x_hat)).items()}
             g_loss = (config.w_adv * terms["l_adv"] + config.w_con * terms["l_con"]
                       + config.w_enc * terms["l_enc"])
+            if config.w_rot_g:  # SS-GAN: G's reconstructions should show their turns to D
+                terms["g_rot"] = rothead.rotation_loss(d, x_hat)[0]
+                g_loss = g_loss + config.w_rot_g * terms["g_rot"]
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
-            # discriminator step (real vs the detached reconstruction)
-            d_loss = discriminator_loss(d(x), d(x_hat.detach()))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            loop.record(step, g_loss=g_loss, d_loss=d_loss, **terms)
-            if d_loss.item() < D_COLLAPSE:
+            # discriminator step (real vs the detached reconstruction, the rotation head)
+            d_losses = discriminator_step(d, opt_d, x, x_hat, config, *flips)
+            loop.record(step, g_loss=g_loss, **d_losses, **terms)
+            if d_losses["d_loss"].item() < D_COLLAPSE:
                 reinit_discriminator(d, opt_d)
                 reinits += 1
-        val_table, val_z = score_with_latent(trained, split.val)
-        for name in ("l_enc", "l_con", "l_adv"):
-            loop.epoch_history.setdefault(f"val_{name}", []).append(float(val_table[name].mean()))
+        val_table, val_z = score_with_latent(trained, split.val, combination=None)
+        trained.combination = fit_score(trained, val_table, val_images)
+        val_table["score"] = _score_of(val_table, trained, "trained")
+        loop.extra.update(combination_extra(config, trained.combination))
+        for name in ("l_enc", "l_con", "l_adv", "l_rot"):
+            if name in val_table:
+                loop.epoch_history.setdefault(f"val_{name}", []).append(
+                    float(val_table[name].mean()))
         loop.epoch_history.setdefault("val_l_enc_rel", []).append(
             validation_criterion(val_table, val_z, "l_enc_rel"))
         loop.epoch_history.setdefault("d_reinits", []).append(float(reinits))
@@ -299,11 +357,11 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
             trained.epoch = epoch + 1
             on_epoch(trained, epoch + 1)
 
-    checkpoint = load_trained(run, METHOD, {"generator": g, "discriminator": d}, which="best",
-                              map_location=device)
-    return TrainedGanomaly(g, d, config, checkpoint["epoch"], loop.best_epoch,
-                           history=loop.history, epoch_history=loop.epoch_history,
-                           train_seconds=loop.train_seconds)
+    best = load(run, device, which="best")  # the weights and combination of that epoch
+    return TrainedGanomaly(best.generator, best.discriminator, config, best.epoch,
+                           loop.best_epoch, history=loop.history,
+                           epoch_history=loop.epoch_history, train_seconds=loop.train_seconds,
+                           combination=best.combination)
 
 
 def load_networks(run: Run, method: str, config_class: type, device: torch.device | str = "cpu",
@@ -313,7 +371,8 @@ def load_networks(run: Run, method: str, config_class: type, device: torch.devic
     saved = read_checkpoint(run.checkpoint(method, which))["config"]
     config = config_from_dict(config_class, saved)
     g = GanomalyGenerator(saved["image_size"], saved["channels"], config.latent_dim, config.width)
-    d = GanomalyDiscriminator(saved["image_size"], saved["channels"], config.width)
+    d = GanomalyDiscriminator(saved["image_size"], saved["channels"], config.width,
+                              rotation_head=config.w_rot > 0)  # absent from older checkpoints
     g, d = g.to(device), d.to(device)
     checkpoint = load_trained(run, method, {"generator": g, "discriminator": d}, which=which,
                               map_location=device)
@@ -324,7 +383,9 @@ def load(run: Run, device: torch.device | str = "cpu", which: str = "best") -> T
     """Reload trained GANomaly models from the run folder (in a fresh kernel), in eval mode."""
     config, g, d, checkpoint = load_networks(run, METHOD, GanomalyConfig, device, which)
     m = checkpoint["metrics"]
+    combination = (Combination.from_tensors(checkpoint["extra"], config.terms)
+                   if len(config.terms) > 1 else None)
     return TrainedGanomaly(g, d, config, checkpoint["epoch"], m.get("best_epoch", -1),
                            history=checkpoint["history"].get("steps", {}),
                            epoch_history=checkpoint["history"].get("epochs", {}),
-                           train_seconds=m.get("train_seconds", 0.0))
+                           train_seconds=m.get("train_seconds", 0.0), combination=combination)

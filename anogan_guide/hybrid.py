@@ -14,7 +14,9 @@ ref_W is its running average over the training steps, saved in the checkpoint (`
 Scoring keeps every term per image: l_enc, l_con, l_adv (GANomaly's batched eval-mode pass),
 l_grad with each decoder layer's cosine and mse (GradCon's exact batched per-sample machinery
 applied to the generator's reconstruction path E1 -> decoder), and `gradcon` (GradCon's score
-from those two). The final score combines terms standardised with the validation normals'
+from those two), and with `w_rot > 0` GANomaly's rotation head (SS-GAN, `rothead.py`: trained
+on the four turns of the normal images beside D's real/fake output) and its per-image term
+`l_rot`. The final score combines terms standardised with the validation normals'
 statistics (`fusion`): by default z(l_enc) + 0.25 z(l_grad) (`weighting="fixed"`), the rule
 chosen on the development split among the candidates of `candidate_scores` (README, "How the
 defaults were chosen"); the other weightings fit their weights on the validation normals of the
@@ -25,15 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ganomaly, gradcon, gradscore
+from . import ganomaly, gradcon, gradscore, rothead, scorerule
 from .data import OneClassSplit
-from .fusion import COMBINATION_PREFIX, WEIGHTINGS, Combination, fit_combination, pseudo_anomalies
+from .fusion import WEIGHTINGS, Combination, fit_combination, pseudo_anomalies
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .nets import GanomalyDiscriminator, GanomalyGenerator
 from .runs import Run
@@ -42,9 +45,10 @@ from .training import Cycled, TrainingLoop
 METHOD = "hybrid"
 VALUE_RANGE = ganomaly.VALUE_RANGE  # the tanh decoder: images in [-1, 1]
 TERMS = ("l_enc", "l_con", "l_adv", "l_grad")  # the training losses, each also a per-image term
-# what a score may combine: the training losses, GradCon's reconstruction term `mse`, and
-# `gradcon` = mse + grad_weight * l_grad, GradCon's own score on the hybrid's reconstruction path
-SCORE_TERMS = (*TERMS, "mse", "gradcon")
+# what a score may combine: the training losses, GradCon's reconstruction term `mse`,
+# `gradcon` = mse + grad_weight * l_grad, GradCon's own score on the hybrid's reconstruction
+# path, and (with w_rot > 0) the rotation head's l_rot
+SCORE_TERMS = (*TERMS, "mse", "gradcon", "l_rot")
 FIXED_GRAD_RATIOS = (0.1, 0.25, 0.5, 2.0, 4.0)  # z(l_enc) + r * z(term) candidates (1: equal)
 TERM_SETS = {"GANomaly terms": ("l_enc", "l_con", "l_adv"), "l_enc + l_grad": ("l_enc", "l_grad"),
              "l_enc + mse + l_grad": ("l_enc", "mse", "l_grad"), "all four terms": TERMS,
@@ -80,36 +84,14 @@ class HybridConfig(GanomalyConfig):
     reference_loss: str = "mse"  # the reference averages W's gradient of: mse | generator (L_G)
     score_batch_size: int = 256  # images per batched scoring pass
 
-    @property
-    def terms(self) -> tuple[str, ...]:
-        """The score's terms, in order."""
-        return tuple(t.strip() for t in self.score_terms.split(",") if t.strip())
-
-    @property
-    def weights(self) -> tuple[float, ...] | None:
-        """weighting=fixed: the weight of each score term."""
-        return tuple(float(w) for w in self.score_weights.split(",")) if self.score_weights else None
+    SCORE_TERMS: ClassVar[tuple[str, ...]] = SCORE_TERMS
+    LATER_KEYS: ClassVar[tuple[str, ...]] = ganomaly.ROTATION_KEYS  # (the score's keys are older)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        unknown = [t for t in self.terms if t not in SCORE_TERMS]
-        if unknown or not self.terms:
-            raise ValueError(f"score_terms={self.score_terms!r}: use a comma-separated list of "
-                             f"{', '.join(SCORE_TERMS)}")
-        try:
-            fixed = self.weights
-        except ValueError:
-            fixed = ()
-        if self.weighting == "fixed" and (not fixed or len(fixed) != len(self.terms)):
-            raise ValueError(f"weighting=fixed needs score_weights with one number per score term "
-                             f"({self.score_terms}), e.g. -p score_weights 1,0.25; got "
-                             f"{self.score_weights!r}")
+        super().__post_init__()  # the score's terms, weighting and weights; the rotation weights
         if self.reference_loss not in ("mse", "generator"):
             raise ValueError(f"reference_loss={self.reference_loss!r} is unknown; use mse or "
                              f"generator")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting={self.weighting!r} is unknown; use one of "
-                             f"{', '.join(WEIGHTINGS)}")
         if self.score_batch_size < 1:
             raise ValueError(f"score_batch_size must be at least 1 (got {self.score_batch_size})")
 
@@ -151,9 +133,12 @@ def gradient_layers(generator: GanomalyGenerator) -> list[str]:
 
 def hybrid_step(g: GanomalyGenerator, d: GanomalyDiscriminator, opt_g: torch.optim.Optimizer,
                 opt_d: torch.optim.Optimizer, x: torch.Tensor, reference: dict[str, torch.Tensor],
-                steps: torch.Tensor, config: HybridConfig) -> dict[str, torch.Tensor]:
-    """One training step: the generator on L_G + beta * L_grad (L_grad differentiable), the
-    reference gradients updated with this step's dMSE/dW, then GANomaly's discriminator step."""
+                steps: torch.Tensor, config: HybridConfig, flips: torch.Generator | None = None
+                ) -> dict[str, torch.Tensor]:
+    """One training step: the generator on L_G + beta * L_grad (L_grad differentiable; with
+    w_rot_g, + w_rot_g times its reconstructions' rotation loss), the reference gradients
+    updated with this step's dMSE/dW, then GANomaly's discriminator step (with w_rot, its
+    rotation head's loss on the four turns of x, mirrored at random by `flips`)."""
     params = dict(g.named_parameters())
     weights = [params[name] for name in reference]
     x_hat, z, z_hat = g(x)
@@ -169,6 +154,9 @@ def hybrid_step(g: GanomalyGenerator, d: GanomalyDiscriminator, opt_g: torch.opt
               else torch.zeros((), device=x.device))
     g_loss = (config.w_adv * terms["l_adv"] + config.w_con * terms["l_con"]
               + config.w_enc * terms["l_enc"] + config.beta * l_grad)
+    if config.w_rot_g:
+        terms["g_rot"] = rothead.rotation_loss(d, x_hat)[0]
+        g_loss = g_loss + config.w_rot_g * terms["g_rot"]
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     if config.reference_loss == "generator":  # W's gradient of the whole loss, as GradCon's code
@@ -176,11 +164,8 @@ def hybrid_step(g: GanomalyGenerator, d: GanomalyDiscriminator, opt_g: torch.opt
     opt_g.step()
     if config.reference_loss == "mse":
         gradcon.update_reference(reference, grads, steps)
-    d_loss = ganomaly.discriminator_loss(d(x), d(x_hat.detach()))
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
-    return {"g_loss": g_loss.detach(), "d_loss": d_loss.detach(), **{k: v.detach() for k, v in
+    d_losses = ganomaly.discriminator_step(d, opt_d, x, x_hat, config, flips)
+    return {"g_loss": g_loss.detach(), **d_losses, **{k: v.detach() for k, v in
             terms.items()}, "l_grad": l_grad.detach(), "mse": mse.detach()}
 
 
@@ -188,11 +173,7 @@ def _extra(reference: Mapping[str, torch.Tensor], steps: torch.Tensor,
            combination: Combination | None, n_terms: int) -> dict[str, torch.Tensor]:
     extra = {gradcon.REF_PREFIX + k: v for k, v in reference.items()}
     extra[gradcon.REF_STEPS] = steps
-    if combination is None:  # placeholders until the first epoch's validation scores
-        return extra | {COMBINATION_PREFIX + "stats": torch.full((3, n_terms), float("nan"),
-                                                                 dtype=torch.float64),
-                        COMBINATION_PREFIX + "max": torch.tensor(0.0)}
-    return extra | combination.to_tensors()
+    return extra | scorerule.extra(n_terms, combination)  # NaN until the first epoch's fit
 
 
 def train(split: OneClassSplit, config: HybridConfig, run: Run,
@@ -211,13 +192,14 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
     reference = {n: torch.zeros_like(params[n]) for n in gradient_layers(g)}
     steps = torch.zeros((), dtype=torch.long)
     shuffle = torch.Generator().manual_seed(config.seed)
+    flips = ganomaly.rotation_flips(config)
     # the score's combination is fitted during training (each epoch, on its validation scores):
     # on resume only the scoring batch size may change, a new weighting or term trains again
-    loop = TrainingLoop(run, METHOD, ganomaly._config_dict(config, split),
+    loop = TrainingLoop(run, METHOD, ganomaly.checkpoint_config(config, split),
                         models={"generator": g, "discriminator": d},
                         optimizers={"generator": opt_g, "discriminator": opt_d},
                         epochs=config.epochs, resume=config.resume, arch_keys=ganomaly.ARCH_KEYS,
-                        generators=(shuffle,),
+                        generators=(shuffle, *flips),
                         extra=_extra(reference, steps, None, len(config.terms)),
                         free_keys=("score_batch_size",))
     # after a resume the loop holds the restored tensors: train on those
@@ -239,7 +221,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
         d.train()
         for step, (x, _) in loop.steps(loader):
             losses = hybrid_step(g, d, opt_g, opt_d, x.to(device, non_blocking=True), reference,
-                                 steps, config)
+                                 steps, config, *flips)
             loop.record(step, **losses)
             if losses["d_loss"].item() < ganomaly.D_COLLAPSE:
                 ganomaly.reinit_discriminator(d, opt_d)
@@ -249,7 +231,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
                         if config.weighting == "pseudo" else None)
         trained.combination = fit_combination(val_table, config.terms, weighting=config.weighting,
                                               pseudo_table=pseudo_table, weights=config.weights)
-        for name in TERMS:
+        for name in [t for t in (*TERMS, "l_rot") if t in val_table]:
             loop.epoch_history.setdefault(f"val_{name}", []).append(float(val_table[name].mean()))
         loop.epoch_history.setdefault("val_l_enc_rel", []).append(
             ganomaly.validation_criterion(val_table, val_z, "l_enc_rel"))
@@ -304,7 +286,8 @@ def _as_tensor_batches(images, batch_size: int):
 def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None = None,
                       combination: Combination | None | str = "trained"
                       ) -> tuple[ScoreTable, torch.Tensor]:
-    """Per-image l_enc, l_con, l_adv, l_grad, the gradient part's `mse` and per-layer cosines
+    """Per-image l_enc, l_con, l_adv (l_rot, acc_rot with the rotation head), l_grad, the
+    gradient part's `mse` and per-layer cosines
     `cos_<layer>`, `gradcon` (GradCon's score on this network, mse + grad_weight * l_grad), and `score`
     (the combination; l_enc when none is fitted yet), plus the latent codes z. `images`: an
     ImageSet, a tensor in [-1, 1] or an iterable of batches.
@@ -314,7 +297,8 @@ def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None 
                          "hybrid.load(run)")
     batch_size = batch_size or trained.config.score_batch_size
     images = _as_tensor_batches(images, batch_size)
-    table, z = ganomaly.score_with_latent(trained, images, batch_size=batch_size)
+    table, z = ganomaly.score_with_latent(trained, images, batch_size=batch_size,
+                                          combination=None)
     g = trained.generator
     mode = g.training
     try:
@@ -330,7 +314,7 @@ def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None 
     if combination == "trained":
         combination = trained.combination
     table.pop("score")  # GANomaly's; the hybrid's own comes last
-    table["score"] = combination(table) if combination is not None else table["l_enc"].clone()
+    table["score"] = scorerule.column(table, combination)
     return table, z
 
 

@@ -149,14 +149,33 @@ class GanomalyGenerator(nn.Module):
 
 class GanomalyDiscriminator(Discriminator):
     """GANomaly's discriminator: the DCGAN discriminator (first block `width` channels);
-    `features` (its last feature map) feeds L_adv, `forward` gives one logit per image."""
+    `features` (its last feature map) feeds L_adv, `forward` gives one logit per image.
 
-    def __init__(self, image_size: int = 32, channels: int = 1, width: int = 64) -> None:
+    With `rotation_head=True` a second head, SS-GAN style (Chen et al., CVPR 2019), reads the
+    same 4x4 feature map: a 4x4 convolution to 4 logits, which of the quarter turns the image
+    was shown in (`rotation_logits`). Without it the module (and its state dict) is the
+    published discriminator, so checkpoints made before the head existed load unchanged."""
+
+    def __init__(self, image_size: int = 32, channels: int = 1, width: int = 64,
+                 rotation_head: bool = False) -> None:
         nn.Module.__init__(self)
         self.image_size, self.channels, self.wgan, self.width = image_size, channels, False, width
         self.encoder = ConvEncoder(image_size, channels, 1, who="the GANomaly discriminator",
                                    base=width)
+        if rotation_head:
+            self.rotation = nn.Conv2d(self.encoder.head.in_channels, 4, 4, 1, 0)
         self.apply(dcgan_init)
+
+    @property
+    def has_rotation_head(self) -> bool:
+        return hasattr(self, "rotation")
+
+    def rotation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 4) logits of the quarter turn each image was shown in."""
+        if not self.has_rotation_head:
+            raise ValueError("this discriminator has no rotation head; train with w_rot > 0 "
+                             "(e.g. -p w_rot 1) to give it one")
+        return self.rotation(self.features(x)).flatten(1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -227,3 +227,104 @@ def test_small_sets_are_cycled_to_min_steps_per_epoch(split, tmp_path):
     trained = gm.train(split, tiny_config(min_steps_per_epoch=2 * per_pass + 1),
                        ag.open_run(tmp_path))
     assert len(trained.history["l_con"]) == 3 * per_pass  # whole passes, at least the minimum
+
+
+# ---------------------------------------------------------------------------------------------
+# The rotation head (SS-GAN style): trained with w_rot > 0, absent (the published model) at 0
+
+
+def test_rotation_head_trains_and_scores(split, tmp_path):
+    from anogan_guide import rotation
+
+    run = ag.open_run(tmp_path)
+    config = tiny_config(epochs=3, w_rot=1.0)
+    g, d = gm.build_models(16, 1, config)
+    head_before = d.rotation.weight.detach().clone()
+    trained = gm.train(split, config, run)
+    assert not torch.equal(trained.discriminator.rotation.weight, head_before)
+    d_rot = trained.history["d_rot"]
+    assert sum(d_rot[-5:]) / 5 < sum(d_rot[:5]) / 5  # the head learns the turns of normals
+    assert trained.epoch_history["val_l_rot"][-1] < trained.epoch_history["val_l_rot"][0]
+    table = gm.score(trained, split.test)
+    assert {"l_enc", "l_con", "l_adv", "l_rot", "acc_rot"} <= set(table)
+    assert torch.equal(table["score"], table["l_enc"])  # one score term: the published score
+    # l_rot: the head's summed rotation loss, mean of the image and its mirror image, eval mode
+    x = split.test.in_range(-1, 1).tensors()[:5]
+    d = trained.discriminator.eval()
+    with torch.no_grad():
+        own, mirror = (rotation.rotation_terms(d.rotation_logits(rotation.all_rotations(v)[0]),
+                                               5)["l_rot"] for v in (x, x.flip(-1)))
+    torch.testing.assert_close(table["l_rot"][:5], 0.5 * (own + mirror), rtol=1e-4, atol=1e-5)
+    assert ((0 <= table["acc_rot"]) & (table["acc_rot"] <= 4)).all()
+    assert torch.equal(gm.score(trained, x, batch_size=2)["l_rot"], gm.score(trained, x)["l_rot"])
+    reloaded = gm.load(run)
+    assert reloaded.discriminator.has_rotation_head
+    assert torch.equal(gm.score(reloaded, split.test)["l_rot"], table["l_rot"])
+
+
+def test_without_the_head_checkpoints_are_as_before(split, tmp_path):
+    run = ag.open_run(tmp_path)
+    trained = gm.train(split, tiny_config(), run)
+    assert not trained.discriminator.has_rotation_head
+    assert "rotation.weight" not in trained.discriminator.state_dict()
+    # the keys added with the head are not recorded at their defaults: an older checkpoint,
+    # which lacks them, is the same file, and resumes and reloads
+    saved = ag.runs.read_checkpoint(run.checkpoint("ganomaly", "last"))
+    assert not set(saved["config"]) & set(gm.GanomalyConfig.LATER_KEYS)
+    assert saved["extra"] == {}
+    resumed = gm.train(split, tiny_config(epochs=2, resume=True), run)
+    assert len(resumed.epoch_history["val_loss"]) == 2  # epoch 1 reloaded, epoch 2 trained
+    table = gm.score(gm.load(run, which="last"), split.val)
+    assert "l_rot" not in table and torch.equal(table["score"], table["l_enc"])
+    with pytest.raises(ValueError, match="no rotation head"):
+        trained.discriminator.rotation_logits(torch.zeros(2, 1, 16, 16))
+
+
+def test_generator_rotation_term_changes_the_generator(split, tmp_path):
+    a = gm.train(split, tiny_config(w_rot=1.0), ag.open_run(tmp_path / "a"))
+    b = gm.train(split, tiny_config(w_rot=1.0, w_rot_g=0.5), ag.open_run(tmp_path / "b"))
+    assert "g_rot" in b.history and "g_rot" not in a.history
+    sa, sb = state(a.generator), state(b.generator)
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_combined_score_is_fitted_on_validation_and_saved(split, tmp_path):
+    from anogan_guide.evaluate import Standardizer
+
+    run = ag.open_run(tmp_path)
+    config = tiny_config(epochs=2, w_rot=1.0, score_terms="l_enc,l_rot", weighting="equal")
+    trained = gm.train(split, config, run)
+    assert trained.combination.terms == ("l_enc", "l_rot")
+    val = gm.score_with_latent(trained, split.val, combination=None)[0]
+    for term, scaler in zip(trained.combination.terms, trained.combination.scalers, strict=True):
+        fitted = Standardizer.fit(val[term])
+        assert scaler.mean == pytest.approx(fitted.mean) and scaler.std == pytest.approx(fitted.std)
+    table = gm.score(trained, split.test)
+    z = trained.combination.standardized(table)
+    torch.testing.assert_close(table["score"], 0.5 * (z["l_enc"] + z["l_rot"]))
+    reloaded = gm.load(run)
+    assert reloaded.combination == trained.combination
+    assert torch.equal(gm.score(reloaded, split.test)["score"], table["score"])
+
+
+def test_rotation_config_errors():
+    with pytest.raises(ValueError, match="w_rot=0 trains no head"):
+        tiny_config(score_terms="l_enc,l_rot", score_weights="1,1")
+    with pytest.raises(ValueError, match="w_rot_g needs the head"):
+        tiny_config(w_rot_g=0.1)
+    with pytest.raises(ValueError, match="score_terms"):
+        tiny_config(score_terms="l_grad")
+    with pytest.raises(ValueError, match="one number per score term"):
+        tiny_config(w_rot=1.0, score_terms="l_enc,l_rot")
+
+
+def test_resume_with_the_rotation_head_gives_identical_weights(split,
+                                                                train_interrupted_and_straight):
+    config = tiny_config(epochs=3, w_rot=1.0, w_rot_g=0.2, score_terms="l_enc,l_rot",
+                         weighting="equal")
+    straight, interrupted, resumed = train_interrupted_and_straight(gm, split, config)
+    a, b = gm.load(straight, which="last"), gm.load(interrupted, which="last")
+    assert_same_state(state(a.generator), state(b.generator))
+    assert_same_state(state(a.discriminator), state(b.discriminator))  # the head, the flips
+    assert a.combination == b.combination
+    assert resumed.epoch_history["val_l_rot"] == a.epoch_history["val_l_rot"]

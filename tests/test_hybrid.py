@@ -225,3 +225,31 @@ def test_fixed_weights_are_given_not_fitted_and_checked():
     config = hy.HybridConfig(weighting="fixed", score_terms="l_enc, l_grad", score_weights="1,0.25")
     assert config.terms == ("l_enc", "l_grad") and config.weights == (1.0, 0.25)
     assert "l_enc + 0.25 l_grad (fixed)" in hy.candidate_scores()
+
+
+def test_rotation_head_joins_the_hybrid(split, tmp_path):
+    run = ag.open_run(tmp_path / "rot")
+    config = tiny_config(epochs=2, w_rot=1.0, w_rot_g=0.2, score_terms="l_enc,l_grad,l_rot",
+                         score_weights="1,0.25,1")
+    trained = hy.train(split, config, run)
+    assert trained.discriminator.has_rotation_head
+    assert {"d_rot", "acc_rot", "g_rot"} <= set(trained.history)
+    assert "val_l_rot" in trained.epoch_history
+    table = hy.score(trained, split.test)
+    assert {"l_rot", "acc_rot", "l_grad", "l_enc"} <= set(table)
+    assert trained.combination.terms == ("l_enc", "l_grad", "l_rot")
+    torch.testing.assert_close(table["score"], trained.combination(table))
+    reloaded = hy.load(run)
+    assert torch.equal(hy.score(reloaded, split.test)["score"], table["score"])
+
+
+def test_without_the_head_the_hybrid_checkpoint_is_as_before(split, tmp_path):
+    run = ag.open_run(tmp_path)
+    trained = hy.train(split, tiny_config(), run)
+    assert not trained.discriminator.has_rotation_head
+    saved = ag.runs.read_checkpoint(run.checkpoint("hybrid", "last"))["config"]
+    assert not set(saved) & set(ag.ganomaly.ROTATION_KEYS)  # older checkpoints lack them
+    assert {"score_terms", "weighting", "score_weights"} <= set(saved)  # these they have
+    assert "l_rot" not in hy.score(trained, split.val)
+    with pytest.raises(ValueError, match="w_rot=0 trains no head"):
+        tiny_config(score_terms="l_enc,l_rot", score_weights="1,1")
