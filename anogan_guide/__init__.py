@@ -1,6 +1,20 @@
 """The AnoGAN Guidebook's supporting package: data, networks, methods, evaluation and plots."""
 
-from . import anogan, detector, fanogan, ganomaly, gradcon, gradscore, hybrid, latent, maps, nets
+from . import (
+    anogan,
+    complexity,
+    detector,
+    fanogan,
+    ganomaly,
+    gradcon,
+    gradscore,
+    hybrid,
+    latent,
+    maps,
+    nets,
+    rotation,
+    rotnet,
+)
 from .anogan import AnoganConfig
 from .data import (
     ImageSet,
@@ -25,6 +39,7 @@ from .nets import (
     Generator,
     GradConAE,
 )
+from .rotnet import RotnetConfig
 from .runs import Run, open_run, pick_device, seed_everything
 
 __all__ = [
@@ -36,4 +51,5 @@ __all__ = [
     "ImageSet", "OneClassSplit", "Run", "load_one_class", "load_split", "open_run",
     "pick_device", "save_split", "seed_everything", "stratified_sample", "subsample_test",
     "Detector", "detector", "maps",
+    "RotnetConfig", "complexity", "rotation", "rotnet",
 ]

@@ -29,6 +29,7 @@ from .evaluate import dev_metrics
 from .nets import RotationClassifier
 from .rotation import all_rotations, random_hflip, rotation_terms
 from .runs import Run, read_checkpoint, save_image_grid
+from .scorers import RunSource, Scorer, register
 from .training import Cycled, TrainingLoop, load_trained
 
 METHOD = "rotnet"
@@ -204,3 +205,18 @@ def save_hardest(trained: TrainedRotnet, images: torch.Tensor, scores: torch.Ten
     save_image_grid(grid, path, value_range=VALUE_RANGE, nrow=len(chosen))
     return grid
 
+
+
+@register(METHOD, checkpoints=("rotnet_best",))
+def _detector(source: RunSource, method: str, device: torch.device) -> Scorer:
+    """The detector (scorers.py) of a run's RotNet: its score as the notebook scored; no map."""
+    trained = load(source.run, device)
+    view = source.view("rotnet_best")
+    flips = bool(source.params(method).get("score_flips", trained.config.score_flips))
+
+    def fn(batch, maps: bool):
+        x = batch.images(view, VALUE_RANGE)
+        return score(trained, x, batch_size=len(x), score_flips=flips)["score"], None
+
+    return Scorer(method, (view,), fn, batch_size=trained.config.score_batch_size,
+                  no_map="rotnet classifies the turns of a whole image; it has no per-pixel map")
