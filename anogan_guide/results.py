@@ -17,8 +17,9 @@ from .runs import Run, atomic_path
 from .sweep import plan_runs, split_matches
 
 CSV_COLUMNS = ("dataset", "class", "seed", "method", "auroc", "auprc", "f1", "dev_auroc",
-               "dev_auprc", "train_seconds", "score_seconds")
-FIGURES = ("auroc", "auprc", "f1", "dev_auroc", "dev_auprc")
+               "dev_auprc", "train_seconds", "score_seconds", "pixel_auroc")
+# pixel_auroc: the anomaly maps against ground-truth masks, where the data has them (maps.py)
+FIGURES = ("auroc", "auprc", "f1", "dev_auroc", "dev_auprc", "pixel_auroc")
 
 # Published one-class AUROC (anomaly = positive), mean over the ten classes and per class where
 # the paper gives it, each with its protocol. Source: ../shared/design/ALGORITHMS.md ("Published
@@ -101,7 +102,8 @@ def collect(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path) ->
             rows.append({"dataset": dataset, "class": run.normal_class, "seed": run.seed,
                          "method": method, "auroc": m["auroc"], "auprc": m["auprc"], "f1": m["f1"],
                          "dev_auroc": dev.get("auroc"), "dev_auprc": dev.get("auprc"),
-                         "train_seconds": m["train_seconds"], "score_seconds": m["score_seconds"]})
+                         "train_seconds": m["train_seconds"], "score_seconds": m["score_seconds"],
+                         "pixel_auroc": m.get("pixel_auroc")})
     return rows
 
 
@@ -111,8 +113,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{row[k]:.4f}" if k in FIGURES and row[k] is not None else row[k])
-                         for k in CSV_COLUMNS})
+        writer.writerow({k: (f"{row[k]:.4f}" if k in FIGURES and row.get(k) is not None
+                             else row.get(k)) for k in CSV_COLUMNS})
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
 
@@ -168,7 +170,7 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
             cells = []
             for (m, key, _), means in zip(columns, class_means, strict=True):
                 vals = [r[key] for r in rows if r["method"] == m and str(r["class"]) == str(c)
-                        and r[key] is not None]
+                        and r.get(key) is not None]
                 mark = any((str(c), s, m) in flagged for s in seeds)
                 cells.append(_mean_std(vals) + (" †" if mark else ""))
                 if vals:
@@ -209,6 +211,11 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
                   f"CIFAR-10)."]
     lines += ["", "## AUPRC", ""] + table("auprc", False)
     lines += ["", "## F1 (at the validation threshold)", ""] + table("f1", False)
+    if any(r.get("pixel_auroc") is not None for r in rows):  # data with ground-truth masks
+        lines += ["", "## Pixel AUROC (anomaly maps against the ground-truth masks)", "",
+                  "Every test pixel of the images a method scored, ranked by its anomaly map "
+                  "(maps.py); methods without maps have none.", ""]
+        lines += table("pixel_auroc", False)
     lines += ["", "Training and scoring seconds of every run are in results.csv: they depend on the "
               "machine and its load, so this file leaves them out, and the same runs give the "
               "same results.md on any engine."]
