@@ -1,11 +1,18 @@
 # make demo: the whole guidebook on the embedded default (8x8 digits, normal class 0) into runs/demo
-# make test: unit tests, then every notebook executed on tiny parameters and checked with nbval
+# make test: unit tests, every notebook executed on tiny parameters and checked with nbval, then the
+#            book built from those executed notebooks and checked in headless Chromium
+# make book: the book (docs/_build/html) from the notebooks as make demo executed them; it runs the
+#            demo first when runs/demo has none. BOOK_NOTEBOOKS=DIR builds from another run's
+#            notebooks/ (CI: runs/ci/notebooks), BOOK_OUT=DIR writes the book elsewhere.
 PYTHON ?= python3
+NPM ?= npm
 VENV := .venv
 BIN := $(VENV)/bin
+BOOK_NOTEBOOKS ?= runs/demo/notebooks
+BOOK_OUT ?= docs/_build/html
 export ANOGAN_GUIDE_QUIET ?= 0
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean book
 
 $(BIN)/anogan-guide: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,11 +20,26 @@ $(BIN)/anogan-guide: pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# the scripts the book serves itself (require.js, the widgets' HTML manager, MathJax), pinned by
+# docs/package-lock.json; npm ci writes node_modules/.package-lock.json, which stamps the install
+docs/node_modules/.package-lock.json: docs/package.json docs/package-lock.json
+	cd docs && $(NPM) ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
 demo: $(BIN)/anogan-guide
 	$(BIN)/anogan-guide run -f params/demo.yaml --out runs/demo
 
+book: $(BIN)/anogan-guide docs/node_modules/.package-lock.json
+	@if [ "$(BOOK_NOTEBOOKS)" = "runs/demo/notebooks" ] && \
+	    ! ls runs/demo/notebooks/[0-9][0-9]*_*.ipynb >/dev/null 2>&1; then \
+	    echo "make book: runs/demo has no executed notebooks yet: running make demo first"; \
+	    $(MAKE) demo; fi
+	ANOGAN_BOOK_NOTEBOOKS=$(BOOK_NOTEBOOKS) $(BIN)/sphinx-build -W --keep-going -q -b html \
+	    -d $(BOOK_OUT)/../doctrees docs $(BOOK_OUT)
+	@echo "the book: $(BOOK_OUT)/index.html (to read it: python3 -m http.server -d $(BOOK_OUT))"
+
 lint: $(BIN)/anogan-guide
-	$(BIN)/ruff check anogan_guide tests benchmarks
+	$(BIN)/ruff check anogan_guide tests benchmarks docs/conf.py
 	$(BIN)/nbstripout --verify notebooks/*.ipynb
 
 test: lint
@@ -26,6 +48,9 @@ test: lint
 	ANOGAN_GUIDE_QUIET=1 $(BIN)/anogan-guide run -f params/ci.yaml --out runs/ci
 	$(BIN)/pytest --nbval-lax -p no:cacheprovider runs/ci/notebooks \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --rootdir=.
+	$(MAKE) book BOOK_NOTEBOOKS=runs/ci/notebooks BOOK_OUT=runs/ci/book/html
+	ANOGAN_BOOK_HTML=runs/ci/book/html $(BIN)/pytest -p no:cacheprovider tests/test_book.py
 
 clean:
-	rm -rf runs
+	rm -rf runs docs/_build docs/_vendor docs/notebooks docs/results docs/api.md \
+		docs/_notebook_list.md docs/_module_list.md

@@ -3,216 +3,39 @@ results/*/results.csv and the published figures (results.PUBLISHED), so that a c
 changes the book and the README the next time they are made. Methods are whatever a CSV has.
 
     python -m anogan_guide.bookpages pages docs/results   # a page + a figure per data set
-    python -m anogan_guide.bookpages readme README.md     # the README's marked summary block
+    python -m anogan_guide.bookpages readme README.md     # the README's marked blocks
     python -m anogan_guide.bookpages readme --check       # exit 1 when README's block is stale
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import json
+import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .results import DATASET_NAMES, published_class_index, published_for, published_source
-
-ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- results-summary: made by python -m anogan_guide.bookpages readme -->", \
-    "<!-- /results-summary -->"
-# how a method is called in tables; a method not listed is shown by its name in the CSV
-LABELS = {"ganomaly": "GANomaly", "gradcon": "GradCon", "hybrid": "hybrid", "ensemble": "ensemble",
-          "anogan": "AnoGAN search", "fanogan": "f-AnoGAN encoder",
-          "fanogan-refine": "f-AnoGAN encoder + refine"}
-
-
-@dataclass(frozen=True)
-class Source:
-    """Rows of one results.csv: `seeds` / `methods` keep a subset (None: all); `prefix` goes in
-    front of each column's name; `strip` is removed from method names (a variant's suffix) to
-    find the method's row in the README's summary."""
-    csv: str
-    seeds: tuple[int, ...] | None = None
-    methods: tuple[str, ...] | None = None
-    prefix: str = ""
-    strip: str = ""
-
-
-@dataclass(frozen=True)
-class Page:
-    """One Results page: its file name, title, the data set whose published figures apply, the
-    main results (`main`, also the README summary's column) and others shown beside them."""
-    slug: str
-    title: str
-    column: str  # the README summary's column heading
-    main: Source
-    beside: tuple[Source, ...] = field(default=())
-    about: str = ""
-    summary_published: bool = True  # False: the README's summary shows them under another page
-
-
-PAGES = (
-    Page("digits", "Digits (scikit-learn's 8×8, the embedded default)", "digits",
-         Source("results/digits/results.csv"),
-         about="The embedded default: every class of scikit-learn's real 8×8 digits (test sets "
-               "of 540 images, 54 normal), at `params/demo.yaml`'s sizes. There are no published "
-               "figures for this data set."),
-    Page("mnist", "MNIST", "MNIST",
-         Source("results/mnist/results.csv"),
-         about="The full protocol: the normal class's official training images minus 10% "
-               "validation normals, the full 10,000-image test set, `params/mnist-cpu.yaml`'s "
-               "CPU sizes."),
-    Page("cifar10", "CIFAR-10 (JPEG)", "CIFAR-10 (JPEG)",
-         Source("results/cifar10/results.csv"),
-         about="CIFAR-10's official split read from the JPEG archive as a `folder` data set "
-               "(`params/cifar10-cpu.yaml`, 32×32); the published figures were measured on the "
-               "official files."),
-    Page("mnist-wgan-gp", "MNIST: AnoGAN with a WGAN-GP", "MNIST, WGAN-GP GAN",
-         Source("results/mnist-wgan-gp/results.csv", prefix="WGAN-GP: ", strip="-wgangp"),
-         beside=(Source("results/mnist/results.csv", seeds=(0,),
-                        methods=("anogan", "fanogan", "fanogan-refine"), prefix="DCGAN: "),),
-         about="AnoGAN's three mappings on a generator trained as a WGAN-GP "
-               "(`params/mnist-wgan-gp-cpu.yaml`, 50 epochs), beside the same mappings on the "
-               "DCGAN of the MNIST page's seed 0 runs.",
-         summary_published=False),
+from .results import DATASET_NAMES, published_source
+from .resultstables import (
+    PAGES,
+    ROOT,
+    Column,
+    Page,
+    Source,
+    class_mean,
+    columns,
+    label,
+    page_table,
+    published,
+    published_label,
+    summary_table,
 )
 
-
-def label(method: str) -> str:
-    return LABELS.get(method, method)
-
-
-def published_label(name: str) -> str:
-    """"Deep SVDD" -> "Deep SVDD (published)"; "GeoTrans (self-supervised)" -> "GeoTrans
-    (self-supervised; published)"."""
-    return f"{name[:-1]}; published)" if name.endswith(")") else f"{name} (published)"
-
-
-def read_rows(root: Path, source: Source) -> list[dict]:
-    """The CSV's rows that `source` keeps, figures as floats (None where empty)."""
-    path = root / source.csv
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the sweep that writes it, or drop its page "
-                                f"from anogan_guide.bookpages.PAGES")
-    rows = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if source.seeds is not None and int(row["seed"]) not in source.seeds:
-                continue
-            if source.methods is not None and row["method"] not in source.methods:
-                continue
-            for key in ("auroc", "auprc", "f1", "dev_auroc", "dev_auprc", "train_seconds"):
-                row[key] = float(row[key]) if row.get(key) not in (None, "") else None
-            rows.append(row)
-    return rows
-
-
-@dataclass
-class Column:
-    """A method's figures: per class the test and development AUROC of each seed."""
-    name: str  # column heading
-    method: str  # method name for the summary (variant suffix stripped)
-    test: dict[str, list[float]]
-    dev: dict[str, list[float]]
-    seeds: dict[str, list[int]]
-    train_seconds: list[float]
-
-
-def columns(root: Path, sources: Sequence[Source]) -> tuple[list[str], list[Column], str]:
-    """The classes (in the first CSV's order), one Column per (source, method) in CSV order, and
-    the CSV's data set name."""
-    classes: list[str] = []
-    out: list[Column] = []
-    dataset = ""
-    for source in sources:
-        rows = read_rows(root, source)
-        dataset = dataset or (rows[0]["dataset"] if rows else "")
-        for r in rows:
-            if r["class"] not in classes:
-                classes.append(r["class"])
-        for method in dict.fromkeys(r["method"] for r in rows):
-            plain = method.replace(source.strip, "") if source.strip else method
-            col = Column(source.prefix + label(plain), plain, {}, {}, {}, [])
-            for r in rows:
-                if r["method"] != method:
-                    continue
-                col.test.setdefault(r["class"], []).append(r["auroc"])
-                col.seeds.setdefault(r["class"], []).append(int(r["seed"]))
-                if r["dev_auroc"] is not None:
-                    col.dev.setdefault(r["class"], []).append(r["dev_auroc"])
-                if r["train_seconds"] is not None:
-                    col.train_seconds.append(r["train_seconds"])
-            out.append(col)
-    return classes, out, dataset
-
-
-def class_mean(col: Column, c: str) -> float | None:
-    return float(np.mean(col.test[c])) if col.test.get(c) else None
-
-
-def mean_over_classes(col: Column, classes: Sequence[str], part: str = "test") -> float | None:
-    values = getattr(col, part)
-    means = [float(np.mean(values[c])) for c in classes if values.get(c)]
-    return float(np.mean(means)) if means else None
-
-
-def published(page: Page, dataset: str, classes: Sequence[str]) -> list[dict]:
-    """The published figures for the page's classes: name, per-class values (None where the
-    paper gives none), the mean over these classes (or the paper's mean) and the protocol."""
-    source = published_source(dataset, classes)
-    out = []
-    for p in published_for(source) if source else []:
-        where = [published_class_index(source, c) for c in classes]
-        per = p.get("per_class")
-        values = [per[i] if per and i is not None and i < len(per) else None for i in where]
-        known = [v for v in values if v is not None]
-        mean = float(np.mean(known)) if per and len(known) == len(classes) else p["mean"]
-        out.append({"name": p["method"], "values": values, "mean": mean, "paper_mean": p["mean"],
-                    "protocol": p["protocol"]})
-    return out
-
-
-def _cell(col: Column, c: str) -> str:
-    test, dev = col.test.get(c), col.dev.get(c)
-    if not test:
-        return "–"
-    text = f"{np.mean(test):.3f}" + (f" ± {np.std(test):.3f}" if len(test) > 1 else "")
-    return text + (f" ({np.mean(dev):.3f})" if dev else "")
-
-
-def page_table(classes: Sequence[str], cols: Sequence[Column], pub: Sequence[dict]) -> list[str]:
-    """The per-class Markdown table: mean ± std over seeds of the test AUROC, the development
-    AUROC in brackets, the published per-class figures beside; a mean row, per-seed means,
-    train times."""
-    pub = [p for p in pub if any(v is not None for v in p["values"])]
-    head = ["class", *(c.name for c in cols), *(published_label(p["name"]) for p in pub)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, c in enumerate(classes):
-        cells = [_cell(col, c) for col in cols]
-        cells += [f"{p['values'][i]:.3f}" if p["values"][i] is not None else "" for p in pub]
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    means = []
-    for col in cols:
-        test, dev = mean_over_classes(col, classes), mean_over_classes(col, classes, "dev")
-        means.append("–" if test is None else f"**{test:.4f}**" + (f" ({dev:.4f})" if dev is not
-                                                                    None else ""))
-    lines.append("| **mean** | " + " | ".join(means + [f"{p['mean']:.3f}" for p in pub]) + " |")
-    seeds = sorted({s for col in cols for v in col.seeds.values() for s in v})
-    if len(seeds) > 1:
-        per_seed = []
-        for col in cols:
-            m = [np.mean([v for c in classes for v, s in zip(col.test.get(c, []), col.seeds.get(
-                c, []), strict=True) if s == seed] or [np.nan]) for seed in seeds]
-            per_seed.append(" / ".join(f"{x:.4f}" for x in m))
-        lines.append(f"| mean per seed ({' / '.join(map(str, seeds))}) | "
-                     + " | ".join(per_seed + [""] * len(pub)) + " |")
-    times = [f"{min(col.train_seconds):.0f}-{max(col.train_seconds):.0f}" if col.train_seconds
-             else "" for col in cols]
-    lines.append("| train s per run | " + " | ".join(times + [""] * len(pub)) + " |")
-    return lines
+__all__ = ["PAGES", "Page", "Source", "auroc_figure", "label", "notebook_list", "readme_text",
+           "summary_table", "update_readme", "write_pages"]
 
 
 def auroc_figure(title: str, classes: Sequence[str], cols: Sequence[Column],
@@ -285,15 +108,17 @@ def page_markdown(page: Page, classes: Sequence[str], cols: Sequence[Column], da
         lines += [f"* {p['name']}: {p['protocol']} (mean over the ten classes {p['paper_mean']:.3f})."
                   for p in pub] + [""]
     if notes:
-        lines += ["## Notes from the runs", "", notes.strip(), ""]
+        lines += ["## How the runs were made, and what they show", "", notes.strip(), ""]
     return "\n".join(lines)
 
 
 def write_pages(out: Path, root: Path = ROOT, notes_dir: Path | None = None,
                 pages: Sequence[Page] = PAGES) -> list[Path]:
-    """Write OUT/<slug>.md and OUT/<slug>-auroc.png for every page (only files whose content
-    changed are rewritten); returns the pages' paths. `notes_dir/<slug>.md`, where present, is
-    the hand-written part added under the table (commands, what the runs showed)."""
+    """Write OUT/<slug>.md and OUT/<slug>-auroc.png for every page and OUT/index.md (only files
+    whose content changed are rewritten; other .md / .png files there are removed); returns the
+    pages' paths, index first. `notes_dir/<slug>.md`, where present, is the hand-written part
+    added under the table (commands, what the runs showed); `notes_dir/index.md` the Results
+    chapter's introduction."""
     import io
 
     import matplotlib.pyplot as plt
@@ -311,59 +136,70 @@ def write_pages(out: Path, root: Path = ROOT, notes_dir: Path | None = None,
                              note.read_text() if note and note.is_file() else None)
         _write_if_changed(out / f"{page.slug}.md", text.encode())
         written.append(out / f"{page.slug}.md")
-    return written
+    note = notes_dir / "index.md" if notes_dir else None
+    index = index_markdown(root, pages, note.read_text() if note and note.is_file() else None)
+    _write_if_changed(out / "index.md", index.encode())
+    keep = {out / "index.md", *written, *(out / f"{p.slug}-auroc.png" for p in pages)}
+    for old in out.iterdir():  # a page dropped from PAGES leaves nothing behind
+        if old.suffix in (".md", ".png") and old not in keep:
+            old.unlink()
+    return [out / "index.md", *written]
 
 
-def summary_table(root: Path = ROOT, pages: Sequence[Page] = PAGES) -> str:
-    """Mean test AUROC over classes (and seeds) per method and data set, then the published
-    means (each paper's own mean over the ten classes), as a Markdown table."""
-    by_page = []
-    for page in pages:
-        classes, cols, dataset = columns(root, (page.main,))
-        by_page.append((page, classes, cols, published(page, dataset, classes)
-                        if page.summary_published else []))
-    methods = list(dict.fromkeys(col.method for _, _, cols, _ in by_page for col in cols))
-    head = ["mean test AUROC", *(p.column for p, *_ in by_page)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in methods:
-        cells = []
-        for _, classes, cols, _ in by_page:
-            col = next((c for c in cols if c.method == m), None)
-            mean = mean_over_classes(col, classes) if col else None
-            cells.append(f"{mean:.3f}" if mean is not None else "")
-        lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
-    names = list(dict.fromkeys(p["name"] for *_, pub in by_page for p in pub))
-    for name in names:
-        cells = []
-        for *_, pub in by_page:
-            p = next((p for p in pub if p["name"] == name), None)
-            mark = "" if not p or p["protocol"].startswith("official train split") else " *"
-            cells.append(f"{p['paper_mean']:.3f}{mark}" if p else "")
-        lines.append(f"| {published_label(name)} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean over the ten classes (and the seeds) of each method's test AUROC; published: "
-              "each paper's mean over the ten classes, * on another protocol than this one (the "
-              "normal class's training images, the full test set)."]
+def index_markdown(root: Path, pages: Sequence[Page], notes: str | None) -> str:
+    """The Results chapter: the hand-written introduction, the summary table (the README's) and
+    the data sets' pages in PAGES order."""
+    lines = ["# Results", ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    lines += ["## Mean test AUROC", "", summary_table(root, pages), "", "## Per data set", "",
+              "```{toctree}", ":maxdepth: 1", "", *(p.slug for p in pages), "```", ""]
+    return "\n".join(lines)
+
+
+def notebook_list(root: Path = ROOT) -> str:
+    """One line per notebook of notebooks/ (`[0-9][0-9]*_*.ipynb`, in order): its name and the
+    title of its first heading, without the number."""
+    lines = []
+    for path in sorted((root / "notebooks").glob("[0-9][0-9]*_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        title = next((line[2:].strip() for c in cells if c["cell_type"] == "markdown"
+                      for line in "".join(c["source"]).splitlines() if line.startswith("# ")),
+                     "")
+        title = re.sub(r"^\S+\s+·\s+", "", title)  # "03 · GANomaly: ..." -> "GANomaly: ..."
+        lines.append(f"- `{path.stem}`: {title}")
     return "\n".join(lines) + "\n"
 
 
-def readme_block(root: Path = ROOT) -> str:
-    return f"{BEGIN}\n{summary_table(root)}{END}"
+# README blocks this module writes: name -> what goes between its two marker lines
+BLOCKS = {"notebooks": notebook_list, "results-summary": summary_table}
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return (f"<!-- {name}: made by python -m anogan_guide.bookpages readme -->",
+            f"<!-- /{name} -->")
+
+
+def readme_text(text: str, root: Path = ROOT) -> str:
+    """`text` (a README) with every block of BLOCKS made afresh."""
+    for name, make in BLOCKS.items():
+        begin, end = _markers(name)
+        start, stop = text.find(begin), text.find(end)
+        if start < 0 or stop < start:
+            raise ValueError(f"the README has no {name} block: put the lines {begin!r} and "
+                             f"{end!r} where it goes")
+        text = text[:start] + f"{begin}\n{make(root)}{end}" + text[stop + len(end):]
+    return text
 
 
 def update_readme(path: Path, root: Path = ROOT) -> bool:
-    """Replace the README's marked summary block with a fresh one; True when it changed."""
-    text = path.read_text()
-    start, stop = text.find(BEGIN), text.find(END)
-    if start < 0 or stop < start:
-        raise ValueError(f"{path} has no summary block: put the lines {BEGIN!r} and {END!r} "
-                         f"where the table goes")
-    new = text[:start] + readme_block(root) + text[stop + len(END):]
-    return _write_if_changed(path, new.encode())
+    """Make the README's blocks afresh; True when that changed it."""
+    return _write_if_changed(path, readme_text(path.read_text(), root).encode())
 
 
 def readme_is_current(path: Path, root: Path = ROOT) -> bool:
     text = path.read_text()
-    return readme_block(root) in text
+    return readme_text(text, root) == text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--notes", type=Path, default=None, help="folder of hand-written notes")
     p.add_argument("--root", type=Path, default=ROOT, help="the repository (results/ in it)")
-    r = sub.add_parser("readme", help="regenerate the README's summary table")
+    r = sub.add_parser("readme", help="make the README's notebook list and summary table afresh")
     r.add_argument("readme", type=Path, nargs="?", default=ROOT / "README.md")
     r.add_argument("--root", type=Path, default=ROOT)
     r.add_argument("--check", action="store_true", help="only say whether it is current")
@@ -386,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         if readme_is_current(args.readme, args.root):
             return 0
-        print(f"{args.readme}: the results summary is stale: run python -m anogan_guide.bookpages "
-              f"readme", file=sys.stderr)
+        print(f"{args.readme}: its notebook list or results summary is stale: run python -m "
+              f"anogan_guide.bookpages readme", file=sys.stderr)
         return 1
     print(f"{args.readme}: {'updated' if update_readme(args.readme, args.root) else 'current'}")
     return 0

@@ -13,6 +13,9 @@ Before Sphinx reads anything this file lays out the generated sources (all git-i
 
 from __future__ import annotations
 
+import ast
+import json
+import logging
 import os
 import shutil
 import sys
@@ -56,6 +59,11 @@ def lay_out_notebooks() -> None:
         sys.exit(f"no executed notebooks in {NOTEBOOKS}: run `make demo` first (or `make book`, "
                  f"which runs it), or set ANOGAN_BOOK_NOTEBOOKS to a run's notebooks/ folder")
     _sync([(nb, DOCS / "notebooks" / nb.name) for nb in found], DOCS / "notebooks")
+    unrun = sorted({p.name for p in (REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb")}
+                   - {nb.name for nb in found})
+    if unrun:
+        print(f"the book leaves out {', '.join(unrun)}: not executed in {NOTEBOOKS} (run "
+              f"`make demo` again to add them)", file=sys.stderr)
 
 
 def lay_out_vendor() -> None:
@@ -80,6 +88,36 @@ def lay_out_vendor() -> None:
     _sync(pairs, VENDOR)
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _first_paragraph(text: str) -> str:
+    return " ".join(text.strip().split("\n\n")[0].split())
+
+
+def write_notebook_list() -> None:
+    """_notebook_list.md: each executed notebook's title (its first heading), linked."""
+    lines = []
+    for nb in sorted((DOCS / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        title = next((line.lstrip("# ").strip() for c in cells if c["cell_type"] == "markdown"
+                      for line in "".join(c["source"]).splitlines() if line.startswith("# ")),
+                     nb.stem)
+        lines.append(f"* [{title}](notebooks/{nb.name}) (`notebooks/{nb.name}`)")
+    _write_if_changed(DOCS / "_notebook_list.md", "\n".join(lines) + "\n")
+
+
+def write_module_list() -> None:
+    """_module_list.md: every module of the package with its docstring's first paragraph."""
+    rows = ["| module | what it does |", "|---|---|"]
+    for path in sorted((REPO / "anogan_guide").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        rows.append(f"| `{path.name}` | {_first_paragraph(doc).replace('|', '/')} |")
+    _write_if_changed(DOCS / "_module_list.md", "\n".join(rows) + "\n")
+
+
 def write_api_page() -> None:
     modules = sorted(p.stem for p in (REPO / "anogan_guide").glob("*.py")
                      if not p.stem.startswith("_"))
@@ -94,16 +132,15 @@ def write_api_page() -> None:
         lines += [f"## `anogan_guide.{name}`", "", "```{eval-rst}",
                   f".. automodule:: anogan_guide.{name}", "   :members:",
                   "   :show-inheritance:", "```", ""]
-    text = "\n".join(lines)
-    path = DOCS / "api.md"
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+    _write_if_changed(DOCS / "api.md", "\n".join(lines))
 
 
 lay_out_notebooks()
 lay_out_vendor()
 bookpages.write_pages(DOCS / "results", REPO, DOCS / "results-notes")
 write_api_page()
+write_notebook_list()
+write_module_list()
 
 # -- Sphinx --------------------------------------------------------------------------------------
 project = "The AnoGAN Guidebook"
@@ -111,7 +148,7 @@ author = "the AnoGAN Guidebook's authors"
 copyright = "2026, " + author
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.mathjax"]
 exclude_patterns = ["_build", "node_modules", "_vendor", "results-notes", "**.ipynb_checkpoints",
-                    "README.md", "package.json", "package-lock.json"]
+                    "_notebook_list.md", "_module_list.md"]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
 nb_execution_mode = "off"  # the notebooks were executed by `anogan-guide run` (make demo / CI)
@@ -126,6 +163,9 @@ nb_ipywidgets_js = {
 mathjax_path = "mathjax/tex-chtml.js"  # relative to _static
 html_static_path = ["_vendor", "_static"]
 html_css_files = ["book.css"]
+# after MathJax (Sphinx gives it priority 500), before the widgets render
+html_js_files = [("mathjax2-hub.js", {"defer": "defer", "priority": 510})]
+html_favicon = "_static/favicon.svg"
 html_theme = "sphinx_book_theme"
 html_title = project
 html_last_updated_fmt = None
@@ -138,7 +178,8 @@ html_theme_options = {
 }
 autodoc_member_order = "bysource"
 autodoc_default_options = {"undoc-members": False}
-suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
+# chapters that are in the book when their page exists (index.md globs them)
+OPTIONAL_CHAPTERS = ("self-supervision*", "apply*")
 html_copy_source = False
 html_show_sourcelink = False
 
@@ -157,13 +198,25 @@ def plain_docstrings(app, what, name, obj, options, lines) -> None:
     if not text.strip():
         return
     # `code` spans become a plain word for the check: the roles Sphinx registers need its env
-    tree = publish_doctree(re.sub(r"`[^`]*`", "x", text), settings_overrides={"report_level": 5, "halt_level": 5,
-                                                      "warning_stream": io.StringIO()})
+    quiet = {"report_level": 5, "halt_level": 5, "warning_stream": io.StringIO()}
+    tree = publish_doctree(re.sub(r"`[^`]*`", "x", text), settings_overrides=quiet)
     if any(m["level"] >= 2 for m in tree.findall(nodes.system_message)) or \
             next(tree.findall(nodes.problematic), None) is not None:
         lines[:] = ["::", ""] + ["    " + line for line in lines] + [""]
 
 
+class _OptionalChapters(logging.Filter):
+    """Sphinx warns when a toctree glob matches nothing and gives that warning no type to
+    suppress it by; for the optional chapters that is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("didn't match any documents" in text and
+                    any(repr(c) in text for c in OPTIONAL_CHAPTERS))
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", plain_docstrings)
+    for handler in logging.getLogger("sphinx").handlers:  # ahead of -W's warning-is-error
+        handler.filters.insert(0, _OptionalChapters())
 default_role = "code"  # `name` in a docstring is code, as in the package
