@@ -216,3 +216,24 @@ def scores_against_complexity(scores: Mapping[str, tuple], *, title: str = "") -
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def term_scatter(x, y, labels, *, xlabel: str, ylabel: str, title: str = "") -> Figure:
+    """Two per-image terms against each other (e.g. l_rot against l_enc), normals and anomalies
+    in two colours, a log axis for a positive term spanning decades, the Spearman correlation
+    of the two in the title: a low one means the terms see different things."""
+    from scipy.stats import spearmanr
+
+    x, y, anomalous = _np(x).astype(float), _np(y).astype(float), _np(labels).astype(bool)
+    fig, ax = plt.subplots(figsize=(4.4, 3.6))
+    ax.scatter(x[~anomalous], y[~anomalous], s=4, alpha=0.5, label="normal")
+    ax.scatter(x[anomalous], y[anomalous], s=4, alpha=0.25, label="anomalous")
+    for values, set_scale in ((x, ax.set_xscale), (y, ax.set_yscale)):
+        if (values > 0).all() and values.max() > 20 * values.min():  # spans decades
+            set_scale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} (Spearman {spearmanr(x, y).statistic:+.2f})".strip(), fontsize=9)
+    ax.legend(fontsize=8, markerscale=3)
+    fig.tight_layout()
+    return fig
