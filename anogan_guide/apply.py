@@ -70,8 +70,7 @@ def score_files(detector: Detector, targets: list[str], out: str | Path, *,
 
                     original = batch.originals[row]
                     save_overlay(Path(maps) / overlay_name(batch.indices[row], name), original,
-                                 to_input_size(amaps[row], original),
-                                 title=detector.overlay_title(name, s))
+                                 to_input_size(amaps[row], original), detector.map_scale())
             n_scored += len(batch)
             bar.update(len(batch) + len(batch.errors))
     bar.close()

@@ -35,6 +35,7 @@ from .imagefiles import Batch, batches, gather
 from .runs import Run, atomic_path, pick_device, read_checkpoint
 from .scorers import Images, NoMap, RunSource, Scorer, entry_for
 
+MAP_SCALE = "map_scale"  # in a detector file's extras: the overlays' colour scale
 DETECTOR_MAGIC = "anogan-guide detector"
 DETECTOR_VERSION = 1
 
@@ -102,6 +103,7 @@ class Detector:
         self.device = device
         self._payload = payload  # what export writes (built lazily for a run folder)
         self._payload_source: RunSource | None = None
+        self._map_scale: list | None = None
         self._said: set[str] = set()
 
     @property
@@ -246,18 +248,18 @@ class Detector:
 
     def save_overlays(self, images, folder: str | Path, *, batch_size: int | None = None,
                       workers: int = 0, on_error: str = "raise") -> tuple[Scores, list[Path]]:
-        """Score `images` and save one overlay PNG each (the image beside the image with its
-        map) into `folder`; returns the scores and the paths."""
+        """Score `images` and save one overlay PNG each into `folder` (`maps.overlay`: the image
+        beside the image under its map, one colour scale for all, `map_scale`); returns the
+        scores and the paths."""
         from .maps import overlay_name, save_overlay
 
         names, values, skipped, paths = [], [], [], []
         for batch, scores, maps in self._stream(images, batch_size=batch_size, workers=workers,
                                                 with_maps=True, on_error=on_error):
-            for i, name, s, m, o in zip(batch.indices, batch.names, scores, maps,
-                                        batch.originals, strict=True):
+            for i, name, m, o in zip(batch.indices, batch.names, maps, batch.originals,
+                                     strict=True):
                 path = Path(folder) / overlay_name(i, name)
-                save_overlay(path, o, to_input_size(m, o), title=self.overlay_title(name, float(s)))
-                paths.append(path)
+                paths.append(save_overlay(path, o, to_input_size(m, o), self.map_scale()))
             names += batch.names
             values.append(scores.numpy())
             skipped += [bad.error for bad in batch.errors]
@@ -265,10 +267,24 @@ class Detector:
         return Scores(self.method, names, score, self.threshold, self.percentile(score),
                       skipped), paths
 
-    def overlay_title(self, name: str, score: float) -> str:
-        verdict = "ANOMALOUS" if score > self.threshold else "normal"
-        return (f"{Path(name).name}: {self.method} score {score:.4g} "
-                f"(threshold {self.threshold:.4g}) - {verdict}")
+    def map_scale(self) -> float | None:
+        """The colour scale of the overlays: the 99th percentile of the map over every pixel of
+        the run's validation normals (so a normal image looks cool, whatever the method's units).
+        None where those images cannot be read (the overlays then scale each map by its own
+        maximum, said once)."""
+        if self._map_scale is None:
+            extras = self._payload.get("extras", {}) if self._payload else {}
+            if MAP_SCALE in extras:
+                self._map_scale = [float(extras[MAP_SCALE])]
+            else:
+                try:
+                    self._map_scale = [validation_map_quantile(self, self._payload_source)]
+                except (OSError, ValueError, KeyError, AttributeError) as err:
+                    self._say("scale", f"note: no validation normals to scale the maps by "
+                                       f"({str(err).splitlines()[0][:120]}); each overlay is "
+                                       f"scaled by its own maximum")
+                    self._map_scale = [None]
+        return self._map_scale[0]
 
     # -----------------------------------------------------------------------------------------
     # export
@@ -276,6 +292,10 @@ class Detector:
     def export(self, path: str | Path) -> Path:
         """Write one file holding everything `score` needs; `Detector.load(path)` reads it."""
         payload = self._payload or build_payload(self._payload_source, self.method, self.scorer)
+        if not self._payload and not self.scorer.no_map:
+            scale = self.map_scale()
+            if scale is not None:
+                payload["extras"][MAP_SCALE] = torch.tensor(scale, dtype=torch.float64)
         write_detector_file(path, payload)
         return Path(path)
 
@@ -302,6 +322,20 @@ def best_method(source: RunSource, *, verbose: bool = True) -> str:
         print(f"method {best}: the best development AUROC of {source.run.root.name} "
               f"({candidates[best]:.3f}; {others})")
     return best
+
+
+def validation_map_quantile(detector: Detector, source: RunSource | None,
+                            q: float = 0.99) -> float:
+    """The q quantile of the detector's map over all pixels of the run's validation normals."""
+    if source is None:
+        raise ValueError("the detector file carries no map scale")
+    views = detector.scorer.views
+    val = {v.key: source.val_images(v) for v in views}
+    n, step = len(next(iter(val.values()))), detector.scorer.batch_size
+    values = [detector.scorer.run(Images({k: x[s:s + step] for k, x in val.items()}, s,
+                                         detector.device), True)[1].flatten().numpy()
+              for s in range(0, n, step)]
+    return float(np.quantile(np.concatenate(values), q))
 
 
 def to_input_size(amap: torch.Tensor, original: torch.Tensor | None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Anomaly maps: overlays (the image beside the image with its map) and, where the data has
+"""Anomaly maps: overlays (the image beside the image under its map) and, where the data has
 ground-truth masks (the MVTec AD layout), the pixel-level AUROC of a method's maps.
 
 MVTec AD layout, read as a `folder` dataset with normal_class good:
@@ -38,35 +38,37 @@ def overlay_name(index: int, name: str) -> str:
     return f"{index:05d}_{stem}.png"
 
 
-def overlay_figure(original: torch.Tensor, amap: torch.Tensor, *, title: str = ""):
-    """A matplotlib Figure (no pyplot state): the image, and the image under its map (colour
-    bar in the map's own units)."""
-    from matplotlib.figure import Figure
+def overlay(original: torch.Tensor, amap: torch.Tensor, vmax: float | None = None, *,
+            min_size: int = 128) -> torch.Tensor:
+    """uint8 RGB (3, H', 2W' + 4): the image, a gap, the image under its map (matplotlib's jet
+    colour map, half transparent; 0 = blue, `vmax` or more = red; vmax None: the map's own
+    maximum). Images smaller than `min_size` are enlarged by whole pixels, so 8x8 digits stay
+    sharp."""
+    from matplotlib import colormaps
 
-    image = original.permute(1, 2, 0).numpy()
-    gray = image.shape[2] == 1
-    fig = Figure(figsize=(6.4, 3.2))
-    axes = fig.subplots(1, 2)
-    for ax in axes:
-        ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0,
-                  vmax=255)
-        ax.set_axis_off()
-    heat = axes[1].imshow(amap.numpy(), cmap="jet", alpha=0.5)
-    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
-    axes[0].set_title("image", fontsize=9)
-    axes[1].set_title("anomaly map", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    image = original.float() / 255.0
+    image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    top = float(vmax) if vmax is not None and vmax > 0 else float(amap.max().clamp_min(1e-12))
+    lo = min(0.0, float(amap.min())) if vmax is None else 0.0
+    heat = torch.from_numpy(colormaps["jet"](((amap - lo) / (top - lo)).clamp(0, 1).numpy())
+                            [..., :3]).permute(2, 0, 1).float()
+    blended = 0.5 * image + 0.5 * heat
+    gap = torch.ones(3, image.shape[1], 4)
+    out = torch.cat([image, gap, blended], 2)
+    factor = max(1, -(-min_size // max(1, image.shape[1])))
+    if factor > 1:
+        out = out.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+    return (out * 255).round().to(torch.uint8)
 
 
-def save_overlay(path: str | Path, original: torch.Tensor, amap: torch.Tensor, *,
-                 title: str = "") -> Path:
-    """Save `overlay_figure` as a PNG, atomically."""
-    fig = overlay_figure(original, amap, title=title)
+def save_overlay(path: str | Path, original: torch.Tensor, amap: torch.Tensor,
+                 vmax: float | None = None) -> Path:
+    """Save `overlay` as a PNG (PIL), atomically."""
+    from PIL import Image
+
+    pixels = overlay(original, amap, vmax).permute(1, 2, 0).numpy()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        Image.fromarray(pixels).save(tmp, format="PNG")
     return Path(path)
 
 
@@ -155,5 +157,5 @@ def record_pixel_auroc(run: Run, split, methods: str | Sequence[str], *,
     return out
 
 
-__all__ = ["has_masks", "mask_path", "overlay_figure", "overlay_name", "pixel_auroc",
+__all__ = ["has_masks", "mask_path", "overlay", "overlay_name", "pixel_auroc",
            "read_masks", "record_pixel_auroc", "save_overlay"]

@@ -261,9 +261,9 @@ def test_results_files_with_published_figures(tmp_path):
     assert table[0] == {"dataset": "mnist", "class": "0", "seed": "0", "method": "gradcon",
                         "auroc": "0.9000", "auprc": "0.9000", "f1": "0.4500",
                         "dev_auroc": "0.8900", "dev_auprc": "0.8800",
-                        "train_seconds": "2.0", "score_seconds": "1.0"}
+                        "train_seconds": "2.0", "score_seconds": "1.0", "pixel_auroc": ""}
     md = (tmp_path / "results.md").read_text()
-    assert "(dev)" not in md
+    assert "(dev)" not in md and "Pixel AUROC" not in md  # no masks, no pixel table
     assert "| 0 | 0.850 ± 0.050 | 0.900 ± 0.050 |  | 0.980 | 0.998 |  |" in md
     assert "| 1 | 0.600 ± 0.100 | 0.650 ± 0.100 |  | 0.997 | 0.999 |  |" in md
     assert "| **mean** | 0.725 ± 0.125 | 0.775 ± 0.125 |  | 0.988 | 0.998 |  |" in md
