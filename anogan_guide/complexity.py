@@ -51,6 +51,22 @@ def split_complexity(split: OneClassSplit) -> dict[str, np.ndarray]:
             "test": png_bits_per_dim(split.test.images)}
 
 
+def run_complexity(run) -> dict[str, np.ndarray]:
+    """`split_complexity` of a run folder's split, read again from its split.json (the data
+    must be where the split was made)."""
+    import json
+
+    from .data import load_one_class
+
+    if not run.split_path.is_file():
+        raise FileNotFoundError(f"{run.root} has no split.json; run 00_data_prep with this run_dir")
+    saved = json.loads(run.split_path.read_text())
+    split = load_one_class(saved["dataset"], saved["normal_class"], data_root=saved.get("data_root"),
+                           image_size=saved["image_size"], seed=saved["seed"],
+                           val_fraction=saved["val_fraction"])
+    return split_complexity(split)
+
+
 def for_scores(complexity: dict[str, np.ndarray], saved: SavedScores) -> dict[str, np.ndarray]:
     """`split_complexity` restricted to the test images a method scored (its test_indices)."""
     return {**complexity, "test": complexity["test"][np.asarray(saved.test_indices)]}

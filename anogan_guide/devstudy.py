@@ -21,6 +21,8 @@ The candidates:
 * The GANomaly + GradCon ensemble's `share` (ensemble.py): GradCon's share of the mixed z-scores.
 * GANomaly's best-epoch criterion `select`: the development AUROC of the epoch each criterion
   picks (training records it per epoch for this study; it never selects on it).
+* The complexity correction (complexity.py) of each method's score: as scored, or minus the
+  line complexity predicts, fitted on the run's validation normals.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ensemble
+from . import complexity, ensemble
 from .evaluate import dev_metrics, read_metrics
 from .fusion import fit_combination
 from .gradscore import GRAD_WEIGHT, score_from_terms
@@ -103,6 +105,33 @@ def study_score_rules(folders: Sequence[Path], method: str) -> dict[str, list[fl
         for name, rule in rules.items():
             fitted = rule(val)
             out[name].append(dev_metrics(fitted(val), fitted(dev))["auroc"])
+    return out
+
+
+COMPLEXITY_METHODS = ("ganomaly", "gradcon", "hybrid", "rotnet", "ensemble", "fanogan")
+
+
+def study_complexity(folders: Sequence[Path], method: str, cache: dict | None = None
+                     ) -> dict[str, list[float]]:
+    """The development AUROC of a method's score as scored and complexity-corrected (the line
+    fitted on each run's validation normals), in every run that has the method's scores for
+    the whole development set. `cache`: folder -> complexities, shared between methods."""
+    cache = {} if cache is None else cache
+    out: dict[str, list[float]] = {"as scored": [], "complexity-corrected": []}
+    for folder in folders:
+        parts = _dev_parts(folder, method)
+        if parts is None or not Run(folder).split_path.is_file():
+            continue
+        if folder not in cache:
+            cache[folder] = complexity.run_complexity(Run(folder))
+        c = cache[folder]
+        val, dev = parts
+        if len(val["score"]) != len(c["val"]) or len(dev["score"]) != len(c["dev"]):
+            continue  # scored a sample of the development set
+        fitted = complexity.Correction.fit(val["score"], c["val"])
+        out["as scored"].append(dev_metrics(val["score"], dev["score"])["auroc"])
+        out["complexity-corrected"].append(dev_metrics(fitted(val["score"], c["val"]),
+                                                       fitted(dev["score"], c["dev"]))["auroc"])
     return out
 
 
@@ -208,6 +237,10 @@ def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:
         lines.append(f"* {label}: classes {', '.join(map(str, classes))}; seeds "
                      f"{', '.join(map(str, seeds))}; {out}")
     lines.append("")
+    cache: dict = {}
+    for method in COMPLEXITY_METHODS:
+        results = {label: study_complexity(f, method, cache) for label, f in folders.items()}
+        lines += _markdown(f"Complexity correction: {method}", results, "as scored")
     for title, method in SECTIONS:
         if method == "ganomaly":
             results = {label: study_select(f) for label, f in folders.items()}

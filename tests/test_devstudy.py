@@ -86,3 +86,25 @@ def test_cli_pools_sweeps_each_data_set_counting_once(tmp_path, capsys):
     assert first == 1.0 and mean == pytest.approx((first + second) / 2, abs=1e-4)
     assert devstudy.main(["--sweep", "digits", "x", "0", str(a)]) == 2
     assert "devstudy: error:" in capsys.readouterr().err
+
+
+def test_the_complexity_correction_is_judged_on_development_scores(tmp_path):
+    import anogan_guide as ag
+    from anogan_guide import complexity
+
+    runs = _sweep_folders(tmp_path, 1)
+    run = ag.open_run(runs[0].folder)
+    split = ag.load_split(run, dataset="digits", normal_class=0, image_size=16, seed=0,
+                          val_fraction=0.1)  # writes split.json
+    c = complexity.split_complexity(split)
+    g = np.random.default_rng(0)
+    # a score that mostly measures complexity, plus a little signal for the anomalies
+    val = {"score": torch.as_tensor(5 * c["val"] + g.normal(0, 0.05, len(c["val"])))}
+    dev = {"score": torch.as_tensor(5 * c["dev"] + 0.3 + g.normal(0, 0.05, len(c["dev"])))}
+    test = {"score": torch.full((3,), float("nan"))}
+    _write(run.root, "rotnet", val, dev, test)
+    results = devstudy.study_complexity([run.root], "rotnet")
+    assert results["complexity-corrected"][0] > 0.95 > results["as scored"][0]
+    text = devstudy.study([("digits", [0], [0], tmp_path)])
+    assert "### Complexity correction: rotnet" in text
+    assert "| **complexity-corrected** |" in text and "| as scored (default) |" in text
