@@ -57,17 +57,21 @@ TERM_SETS = {"GANomaly terms": ("l_enc", "l_con", "l_adv"), "l_enc + l_grad": ("
 ScoreTable = dict[str, torch.Tensor]
 
 
-def candidate_scores(with_pseudo: bool = True
+def candidate_scores(with_pseudo: bool = True, rotation: bool = False
                      ) -> dict[str, tuple[tuple[str, ...], str | None, tuple[float, ...] | None]]:
     """The scores the hybrid's ablation and the development study compare, as (terms, weighting,
     fixed weights): each term alone (weighting None), every weighting of `fusion` fitted on the
-    validation normals over each of TERM_SETS, and fixed weights of l_enc and l_grad or gradcon."""
+    validation normals over each of TERM_SETS, and fixed weights of l_enc and l_grad or gradcon;
+    with `rotation` (a model with the rotation head) also l_rot alone and beside those terms."""
     weightings = [w for w in WEIGHTINGS if w != "fixed" and (with_pseudo or w != "pseudo")]
-    single = {f"{t} alone": ((t,), None, None) for t in SCORE_TERMS}
-    fitted = {f"{name} ({w})": (terms, w, None) for name, terms in TERM_SETS.items()
+    sets = TERM_SETS | ({f"{name} + l_rot": (*terms, "l_rot") for name, terms in TERM_SETS.items()}
+                        if rotation else {})
+    single = {f"{t} alone": ((t,), None, None) for t in SCORE_TERMS if rotation or t != "l_rot"}
+    fitted = {f"{name} ({w})": (terms, w, None) for name, terms in sets.items()
               for w in weightings}
+    partners = ("l_grad", "gradcon", "l_rot") if rotation else ("l_grad", "gradcon")
     fixed = {f"l_enc + {r:g} {t} (fixed)": (("l_enc", t), "fixed", (1.0, r))
-             for t in ("l_grad", "gradcon") for r in FIXED_GRAD_RATIOS}
+             for t in partners for r in FIXED_GRAD_RATIOS}
     return single | fitted | fixed
 
 

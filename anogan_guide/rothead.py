@@ -69,3 +69,28 @@ def eval_logits(d: GanomalyDiscriminator, images: torch.Tensor, batch_size: int 
     finally:
         d.train(mode)
     return torch.cat(parts, 1).reshape(-1, 4)
+
+
+def figures(d: GanomalyDiscriminator, val_images: torch.Tensor, val_table, test_table,
+            test_images: torch.Tensor, test_labels, *, hardest: int = 8,
+            max_anomalies: int = 1000) -> dict:
+    """What the head learnt, for the notebooks (03, 05): the validation normals with the highest
+    l_rot in their four turns, the per-turn confusion of the head on the validation normals and
+    on (at most `max_anomalies`) test anomalies, and l_rot against l_enc on the test set.
+    Images in [-1, 1]; returns {name: matplotlib Figure}. Reads test labels: after the metrics."""
+    from . import plots
+    from .rotation import ROTATION_NAMES, confusion
+
+    labels = torch.as_tensor(test_labels)
+    top = val_table["l_rot"].argsort(descending=True)[:hardest]
+    out = {"hardest": plots.image_grid(all_rotations(val_images[top])[0], value_range=(-1, 1),
+                                       nrow=len(top), title="the validation normals the head "
+                                       "finds hardest (highest l_rot), in their four turns")}
+    anomalies = test_images[labels == 1][:max_anomalies]
+    matrices = {name: confusion(eval_logits(d, x), len(x))
+                for name, x in (("validation normals", val_images), ("test anomalies", anomalies))}
+    out["confusion"] = plots.rotation_confusions(matrices, ROTATION_NAMES,
+                                                 title="the head: turn shown vs turn predicted")
+    out["scatter"] = plots.term_scatter(test_table["l_enc"], test_table["l_rot"], labels,
+                                        xlabel="l_enc", ylabel="l_rot", title="test images")
+    return out
