@@ -84,7 +84,7 @@ class Scores:
     def markdown(self, n: int | None = None) -> str:
         rows = ["| image | score | anomalous | validation normals below |", "|---|---|---|---|"]
         for i in self.most_anomalous(n):
-            rows.append(f"| {self.names[i]} | {self.score[i]:.4g} | "
+            rows.append(f"| {Path(self.names[i]).name} | {self.score[i]:.4g} | "
                         f"{'yes' if self.anomalous[i] else 'no'} | "
                         f"{self.normal_percentile[i]:.0f}% |")
         return "\n".join(rows)
@@ -244,6 +244,18 @@ class Detector:
         for batch, _, maps in self._stream(images, batch_size=batch_size, workers=0,
                                            with_maps=True, on_error="raise"):
             out += [to_input_size(m, o) for m, o in zip(maps, batch.originals, strict=True)]
+        return out
+
+    def overlays(self, images, *, batch_size: int | None = None) -> list[torch.Tensor]:
+        """One overlay per image (`maps.overlay`: uint8 RGB, the image beside the image under
+        its map, one colour scale for all), e.g. for `maps.overlay_grid`."""
+        from .maps import overlay
+
+        out = []
+        for batch, _, maps in self._stream(images, batch_size=batch_size, workers=0,
+                                           with_maps=True, on_error="raise"):
+            out += [overlay(o, to_input_size(m, o), self.map_scale())
+                    for m, o in zip(maps, batch.originals, strict=True)]
         return out
 
     def save_overlays(self, images, folder: str | Path, *, batch_size: int | None = None,

@@ -72,6 +72,23 @@ def save_overlay(path: str | Path, original: torch.Tensor, amap: torch.Tensor,
     return Path(path)
 
 
+def overlay_grid(overlays: Sequence[torch.Tensor], titles: Sequence[str] = (), *,
+                 columns: int = 3):
+    """The overlays side by side in a matplotlib figure, with a title each."""
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(overlays) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 2.3 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k < len(overlays):
+            ax.imshow(overlays[k].permute(1, 2, 0).numpy())
+            if k < len(titles):
+                ax.set_title(titles[k], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------
 # Ground-truth masks and pixel AUROC
 
@@ -157,5 +174,5 @@ def record_pixel_auroc(run: Run, split, methods: str | Sequence[str], *,
     return out
 
 
-__all__ = ["has_masks", "mask_path", "overlay", "overlay_name", "pixel_auroc",
+__all__ = ["has_masks", "mask_path", "overlay", "overlay_grid", "overlay_name", "pixel_auroc",
            "read_masks", "record_pixel_auroc", "save_overlay"]
