@@ -195,6 +195,8 @@ def _ensemble(source: RunSource, method: str, device: torch.device) -> Scorer:
     weights = fitted.weights
     views = tuple(dict.fromkeys(v for part in parts for v in part.views))
     out = parts[0].views[0]
+    blind = [f"its part {p} has none ({s.no_map})" for p, s in zip(names, parts, strict=True)
+             if s.no_map]
     state: dict = {}
 
     def fn(batch: Images, maps: bool):
@@ -214,6 +216,8 @@ def _ensemble(source: RunSource, method: str, device: torch.device) -> Scorer:
         return scores, mixed
 
     def export_extras() -> dict:
+        if blind:
+            return {}
         try:
             state.setdefault(MAP_STATS, _map_stats(parts, source, device))
         except (OSError, ValueError) as err:  # the data is not here: the file scores, no maps
@@ -223,6 +227,7 @@ def _ensemble(source: RunSource, method: str, device: torch.device) -> Scorer:
         return {MAP_STATS: state[MAP_STATS]}
 
     scorer = Scorer(method, views, fn, batch_size=min(p.batch_size for p in parts),
+                    no_map=f"the ensemble has no anomaly map: {blind[0]}" if blind else "",
                     map_note=f"{' + '.join(f'{w:g} z({p} map)' for p, w in zip(names, weights, strict=True))}"
                              f", each standardised on the validation normals")
     scorer.extras["export"] = export_extras
