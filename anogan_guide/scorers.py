@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -186,10 +185,6 @@ class RunSource:
                                        val_fraction=saved["val_fraction"])
             self._val_cache[view.key] = split.val.images
         return self._val_cache[view.key]
-
-
-def checkpoint_path(run: Run, name: str) -> Path:
-    return run.model_saves / f"{name}.pt"
 
 
 __all__ = ["Entry", "Images", "NoMap", "REGISTRY", "RunSource", "Scorer", "entry_for",
