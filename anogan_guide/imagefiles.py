@@ -81,7 +81,7 @@ def as_native(image, what: str = "image") -> torch.Tensor | list[torch.Tensor]:
     if isinstance(image, Image.Image):
         return image_tensor(image, image_channels(image))
     if isinstance(image, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(image))
+        x = torch.from_numpy(np.array(image))  # a copy: the array may be read-only (PIL)
         if x.ndim == 2:
             x = x.unsqueeze(0)
         elif x.ndim == 3:
