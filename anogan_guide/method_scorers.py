@@ -18,12 +18,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import anogan, fanogan, ganomaly, gradcon, hybrid, latent
+from . import anogan, fanogan, ganomaly, gradcon, gradscore, hybrid, latent
 from .evaluate import Standardizer
 from .scorers import Images, RunSource, Scorer, entry_for, register
 
 # ---------------------------------------------------------------------------------------------
 # GANomaly and the hybrid: |x - x_hat|
+
+
+class _Trim:
+    """Hands freed heap memory back every gradscore.TRIM_EVERY images. GradCon's per-batch
+    temporaries fragment glibc's heap (gradscore), and a detector scores each batch in its own
+    call, whose count never reaches the trimming point."""
+
+    def __init__(self) -> None:
+        self.scored = 0
+
+    def __call__(self, n: int) -> None:
+        self.scored += n
+        if self.scored >= gradscore.TRIM_EVERY:
+            gradscore._release_free_memory()
+            self.scored = 0
 
 
 def _reconstruction_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -48,10 +63,12 @@ def _ganomaly(source: RunSource, method: str, device: torch.device) -> Scorer:
 def _hybrid(source: RunSource, method: str, device: torch.device) -> Scorer:
     trained = hybrid.load(source.run, device)
     view = source.view("hybrid_best")
+    trim = _Trim()
 
     def fn(batch: Images, maps: bool):
         x = batch.images(view, hybrid.VALUE_RANGE)
         scores = hybrid.score(trained, x, batch_size=len(x))["score"]
+        trim(len(x))
         return scores, _reconstruction_map(x, ganomaly.reconstruct(trained, x, batch_size=len(x))
                                            .to(x.device)) if maps else None
 
@@ -72,10 +89,12 @@ def _gradcon(source: RunSource, method: str, device: torch.device) -> Scorer:
     view = source.view("gradcon_best")
     # the notebook scores with its own grad_weight (recorded), whatever the checkpoint says
     grad_weight = float(source.params(method).get("grad_weight", trained.config.grad_weight))
+    trim = _Trim()
 
     def fn(batch: Images, maps: bool):
         x = batch.images(view, GRADCON_VALUE_RANGE)
         scores = gradcon.score(trained, x, batch_size=len(x), grad_weight=grad_weight)["score"]
+        trim(len(x))
         if not maps:
             return scores, None
         with torch.no_grad():
