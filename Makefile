@@ -10,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 BOOK_NOTEBOOKS ?= runs/demo/notebooks
 BOOK_OUT ?= docs/_build/html
+TEST_JOBS ?= 2
 export ANOGAN_GUIDE_QUIET ?= 0
 
 .PHONY: demo test lint clean book
@@ -42,8 +43,11 @@ lint: $(BIN)/anogan-guide
 	$(BIN)/ruff check anogan_guide tests benchmarks docs/conf.py
 	$(BIN)/nbstripout --verify notebooks/*.ipynb
 
+# the unit tests in TEST_JOBS processes (pytest-xdist; a file's tests stay together, so a module's
+# fixtures are made once), one thread each: PyTorch's threads spin-wait, and two processes with a
+# thread per core each run far slower than one after the other
 test: lint
-	$(BIN)/pytest tests
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile tests
 	rm -rf runs/ci
 	ANOGAN_GUIDE_QUIET=1 $(BIN)/anogan-guide run -f params/ci.yaml --out runs/ci
 	$(BIN)/pytest --nbval-lax -p no:cacheprovider runs/ci/notebooks \

@@ -42,9 +42,10 @@ def _copy_if_changed(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
-def _sync(pairs: list[tuple[Path, Path]], folder: Path) -> None:
-    """Copy each (source, target) whose bytes changed and remove what else is in `folder`."""
-    keep = {dst.resolve() for _, dst in pairs}
+def _sync(pairs: list[tuple[Path, Path]], folder: Path, also_keep: tuple[Path, ...] = ()) -> None:
+    """Copy each (source, target) whose bytes changed and remove what else is in `folder` (but
+    `also_keep`)."""
+    keep = {dst.resolve() for _, dst in pairs} | {p.resolve() for p in also_keep}
     for src, dst in pairs:
         _copy_if_changed(src, dst)
     if folder.is_dir():
@@ -53,17 +54,31 @@ def _sync(pairs: list[tuple[Path, Path]], folder: Path) -> None:
                 path.unlink()
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+
+
 def lay_out_notebooks() -> None:
     found = sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb"))
     if not found:
         sys.exit(f"no executed notebooks in {NOTEBOOKS}: run `make demo` first (or `make book`, "
                  f"which runs it), or set ANOGAN_BOOK_NOTEBOOKS to a run's notebooks/ folder")
-    _sync([(nb, DOCS / "notebooks" / nb.name) for nb in found], DOCS / "notebooks")
-    unrun = sorted({p.name for p in (REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb")}
-                   - {nb.name for nb in found})
+    unrun = sorted(p for p in (REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb")
+                   if not (NOTEBOOKS / p.name).is_file())
+    _sync([(nb, DOCS / "notebooks" / nb.name) for nb in found], DOCS / "notebooks",
+          tuple(DOCS / "notebooks" / nb.name for nb in unrun))
+    for nb in unrun:  # a notebook newer than the run: its code without outputs, and a note
+        (DOCS / "notebooks").mkdir(exist_ok=True)
+        data = json.loads(nb.read_text())
+        data["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": [
+            f"```{{note}}\nThis chapter was not executed in the run the book was built from "
+            f"(`{NOTEBOOKS.relative_to(REPO) if NOTEBOOKS.is_relative_to(REPO) else NOTEBOOKS}`"
+            f"), so it shows no outputs: run `make demo` again, then `make book`.\n```"]})
+        _write_if_changed(DOCS / "notebooks" / nb.name, json.dumps(data, indent=1))
     if unrun:
-        print(f"the book leaves out {', '.join(unrun)}: not executed in {NOTEBOOKS} (run "
-              f"`make demo` again to add them)", file=sys.stderr)
+        print(f"the book shows {', '.join(p.name for p in unrun)} without outputs: not executed "
+              f"in {NOTEBOOKS} (run `make demo` again)", file=sys.stderr)
 
 
 def lay_out_vendor() -> None:
@@ -86,11 +101,6 @@ def lay_out_vendor() -> None:
         if f.is_file() and (len(rel.parts) > 1 or rel.name == "tex-chtml.js"):
             pairs.append((f, VENDOR / "mathjax" / rel))
     _sync(pairs, VENDOR)
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
 
 
 def _first_paragraph(text: str) -> str:
