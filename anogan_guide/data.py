@@ -11,6 +11,7 @@ global defaults are chosen without looking at a test image. Images are kept in m
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,25 @@ class ImageSet(Dataset):
         """A DataLoader in the main process (the data is in memory already)."""
         return DataLoader(self, batch_size=batch_size, shuffle=shuffle, generator=generator,
                           drop_last=drop_last)
+
+
+def image_batches(images, batch_size: int, value_range: tuple[float, float] | None = None
+                  ) -> Iterator[torch.Tensor]:
+    """Float image batches of at most `batch_size`, in order, from an ImageSet (converted to
+    `value_range`, or its own range), a tensor (N, C, H, W) taken as already in range, or an
+    iterable of batches or (images, labels) pairs (a DataLoader's)."""
+    if isinstance(images, ImageSet):
+        images = images.in_range(*value_range) if value_range else images
+        for start in range(0, len(images), batch_size):
+            yield images._convert(images.images[start:start + batch_size])
+    elif isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images must be shaped (N, C, H, W); got {tuple(images.shape)}")
+        yield from images.split(batch_size)
+    else:
+        for batch in images:
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            yield from x.split(batch_size)
 
 
 @dataclass

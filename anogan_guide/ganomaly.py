@@ -24,7 +24,7 @@ the checkpoint; one term alone is the score as it is (`l_enc`: the published sco
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import rothead, scorerule
-from .data import ImageSet, OneClassSplit
+from .data import OneClassSplit, image_batches
 from .evaluate import dev_metrics
 from .fusion import Combination, fit_combination, pseudo_anomalies
 from .ganomaly_config import (  # noqa: F401 (re-exported: ganomaly.GanomalyConfig, ...)
@@ -132,21 +132,6 @@ def reinit_discriminator(discriminator: nn.Module, optimizer: torch.optim.Optimi
 # Scoring
 
 
-def _batches(images: ImageSet | torch.Tensor | Iterable, batch_size: int) -> Iterator[torch.Tensor]:
-    """Image batches in [-1, 1] from an ImageSet (converted), a tensor (taken as already in
-    [-1, 1]) or an iterable of batches / (images, labels) tuples."""
-    if isinstance(images, ImageSet):
-        for x, _ in images.in_range(*VALUE_RANGE).loader(batch_size):
-            yield x
-    elif isinstance(images, torch.Tensor):
-        if images.ndim != 4:
-            raise ValueError(f"images must be shaped (N, C, H, W); got {tuple(images.shape)}")
-        yield from images.split(batch_size)
-    else:
-        for item in images:
-            yield item[0] if isinstance(item, list | tuple) else item
-
-
 @torch.no_grad()
 def score_with_latent(trained: TrainedGanomaly, images, *, batch_size: int = 256,
                       combination: Combination | None | str = "trained"
@@ -166,7 +151,7 @@ def score_with_latent(trained: TrainedGanomaly, images, *, batch_size: int = 256
         terms |= {"l_rot": [], "acc_rot": []}
     latents = []
     try:
-        for x in _batches(images, batch_size):
+        for x in image_batches(images, batch_size, VALUE_RANGE):
             x = x.to(device, non_blocking=True)
             x_hat, z, z_hat = g(x)
             per_image = generator_losses(x, x_hat, z, z_hat, d.features(x), d.features(x_hat))

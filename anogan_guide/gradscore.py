@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ImageSet
+from .data import image_batches
 
 EPS = 1e-12  # guards a cosine's denominator against an all-zero gradient
 TRIM_EVERY = 2048  # images scored between two releases of freed heap memory (~12 ms each)
@@ -33,20 +33,6 @@ TRIM_EVERY = 2048  # images scored between two releases of freed heap memory (~1
 GRAD_WEIGHT = 0.03
 
 ScoreTable = dict[str, torch.Tensor]
-
-
-def _image_batches(images, batch_size: int) -> Iterator[torch.Tensor]:
-    """Float image batches from a tensor (N, C, H, W), an ImageSet, or an iterable of batches
-    (a DataLoader's (images, labels) pairs: only the images are used)."""
-    if isinstance(images, torch.Tensor):
-        yield from images.split(batch_size)
-    elif isinstance(images, ImageSet):
-        for start in range(0, len(images), batch_size):
-            yield images._convert(images.images[start:start + batch_size])
-    else:
-        for batch in images:
-            x = batch[0] if isinstance(batch, list | tuple) else batch
-            yield from x.split(batch_size)
 
 
 @functools.cache
@@ -206,7 +192,7 @@ def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images,
         for w in frozen:
             w.requires_grad_(True)
         with torch.enable_grad():
-            for x in _image_batches(images, batch_size):
+            for x in image_batches(images, batch_size):
                 x = x.to(device=device, dtype=dtype)
                 if batch_size == 1:
                     mse, cos = _image_terms(model, weights, refs, x)

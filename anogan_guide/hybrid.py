@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ganomaly, gradcon, gradscore, rothead, scorerule
-from .data import OneClassSplit
+from .data import OneClassSplit, image_batches
 from .fusion import WEIGHTINGS, Combination, fit_combination, pseudo_anomalies
 from .ganomaly import GanomalyConfig, TrainedGanomaly
 from .nets import GanomalyDiscriminator, GanomalyGenerator
@@ -284,7 +284,7 @@ def _as_tensor_batches(images, batch_size: int):
         return images.in_range(*VALUE_RANGE)
     if isinstance(images, torch.Tensor):
         return images
-    return list(ganomaly._batches(images, batch_size))  # an iterable is consumed twice
+    return list(image_batches(images, batch_size, VALUE_RANGE))  # an iterable is consumed twice
 
 
 def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None = None,

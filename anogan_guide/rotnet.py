@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet, OneClassSplit
+from .data import OneClassSplit, image_batches
 from .evaluate import dev_metrics
 from .nets import RotationClassifier
 from .rotation import all_rotations, random_hflip, rotation_terms
@@ -74,20 +74,6 @@ class TrainedRotnet:
     train_seconds: float = 0.0
 
 
-def _images(images, batch_size: int):
-    """Batches in [-1, 1] from an ImageSet (converted) or a tensor already in [-1, 1]."""
-    if isinstance(images, ImageSet):
-        for x, _ in images.in_range(*VALUE_RANGE).loader(batch_size):
-            yield x
-    elif isinstance(images, torch.Tensor):
-        if images.ndim != 4:
-            raise ValueError(f"images must be shaped (N, C, H, W); got {tuple(images.shape)}")
-        yield from images.split(batch_size)
-    else:
-        raise TypeError(f"score an ImageSet or a (N, C, H, W) tensor in [-1, 1], not "
-                        f"{type(images).__name__}")
-
-
 @torch.no_grad()
 def rotation_logits(model: RotationClassifier, x: torch.Tensor) -> torch.Tensor:
     """(4N, 4) logits of the four turns of a batch (rotation.all_rotations' order), eval mode."""
@@ -109,7 +95,7 @@ def score(trained: TrainedRotnet, images, *, batch_size: int | None = None,
     flips = cfg.score_flips if score_flips is None else score_flips
     device = next(trained.model.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {"l_rot": [], "acc_rot": [], "score": []}
-    for x in _images(images, batch_size):
+    for x in image_batches(images, batch_size, VALUE_RANGE):
         x = x.to(device)
         terms = rotation_terms(rotation_logits(trained.model, x), len(x))
         mirrored = rotation_terms(rotation_logits(trained.model, x.flip(-1)), len(x))["l_rot"]

@@ -97,5 +97,5 @@ def test_bad_input_is_one_clear_error(split, tmp_path):
     trained = rotnet.train(split, tiny(epochs=1), run)
     with pytest.raises(ValueError, match="another architecture"):
         rotnet.train(split, tiny(epochs=2, width=8, resume=True), run)
-    with pytest.raises(TypeError, match="score an ImageSet or a"):
-        rotnet.score(trained, [1, 2])
+    with pytest.raises(ValueError, match=r"shaped \(N, C, H, W\)"):
+        rotnet.score(trained, torch.zeros(3, 16, 16))
