@@ -71,7 +71,7 @@ def lay_out_notebooks() -> None:
     for nb in unrun:  # a notebook newer than the run: its code without outputs, and a note
         (DOCS / "notebooks").mkdir(exist_ok=True)
         data = json.loads(nb.read_text())
-        data["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": [
+        data["cells"].insert(1, {"cell_type": "markdown", "id": "not-executed", "metadata": {}, "source": [
             f"```{{note}}\nThis chapter was not executed in the run the book was built from "
             f"(`{NOTEBOOKS.relative_to(REPO) if NOTEBOOKS.is_relative_to(REPO) else NOTEBOOKS}`"
             f"), so it shows no outputs: run `make demo` again, then `make book`.\n```"]})
