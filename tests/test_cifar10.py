@@ -104,8 +104,8 @@ def test_sweep_over_cifar10_class_names(cifar_folder, tmp_path):
     assert [(r["class"], r["method"]) for r in rows] == [(c, "gradcon") for c in CLASSES]
     md = (out / "results.md").read_text()
     # CIFAR-10's published figures beside ours, matched by class name
-    assert "| airplane | " in md and " | 0.640 | 0.617 | 0.757 |  |  |" in md
-    assert " | 0.565 | 0.659 | 0.530 |  |  |" in md and "matched by class name" in md
+    assert "| airplane | " in md and " | 0.640 | 0.617 | 0.757 |  | 0.747 |  |" in md
+    assert " | 0.565 | 0.659 | 0.530 |  | 0.957 |  |" in md and "matched by class name" in md
 
 
 def test_cpu_parameters_file_names_only_declared_parameters(tmp_path):

@@ -2,9 +2,9 @@
 
 import ast
 import json
+import tomllib
 from pathlib import Path
 
-import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
