@@ -210,7 +210,7 @@ def _ensemble(source: RunSource, method: str, device: torch.device) -> Scorer:
     share = float(source.params(method).get("share", ensemble.SHARE))
     parts = [entry_for(p).build(source, p, device) for p in names]
     val = {p: torch.as_tensor(source.val_scores(p), dtype=torch.float64) for p in names}
-    fitted = ensemble.combination(val, share)
+    fitted = ensemble.combination(val, share, source.params(method).get("weights"))
     weights = fitted.weights
     views = tuple(dict.fromkeys(v for part in parts for v in part.views))
     out = parts[0].views[0]
