@@ -305,7 +305,8 @@ def test_cli_refuses_empty_folders_unknown_methods_and_leaves_no_partial_csv(
     assert not out.exists() and not list(tmp_path.glob(".s.csv.*"))
 
 
-def test_cli_export_then_score_gives_the_runs_scores(demo, tmp_path, capsys):
+def test_cli_export_then_score_gives_the_runs_scores(demo, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ANOGAN_GUIDE_QUIET", "1")  # no progress bar on stderr: one line is counted
     run, _, files = demo
     path = tmp_path / "detector.pt"
     assert cli.main(["export", str(run.root), "--method", "ensemble", "--out", str(path)]) == 0
