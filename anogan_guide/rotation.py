@@ -14,6 +14,8 @@ The rotation classifier (`rotnet.py`) and the rotation head of GANomaly's discri
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -62,6 +64,18 @@ def rotation_terms(logits: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     guessed = logits.argmax(1).view(ROTATIONS, n)
     truth = torch.arange(ROTATIONS, device=logits.device).view(-1, 1)
     return {"l_rot": nll.sum(0), "acc_rot": (guessed == truth).sum(0).float()}
+
+
+def batch_terms(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                flips: bool) -> dict[str, torch.Tensor]:
+    """`rotation_terms` of a batch, `logits_of` giving the logits of a batch of turned images
+    (a rotation classifier, or the discriminator's head); with `flips`, also `l_rot_flips`: the
+    mean of each image's l_rot and its mirror image's."""
+    table = rotation_terms(logits_of(all_rotations(x)[0]).float(), len(x))
+    if flips:
+        mirrored = rotation_terms(logits_of(all_rotations(x.flip(-1))[0]).float(), len(x))
+        table["l_rot_flips"] = 0.5 * (table["l_rot"] + mirrored["l_rot"])
+    return table
 
 
 def confusion(logits: torch.Tensor, n: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .nets import GanomalyDiscriminator
-from .rotation import all_rotations, random_hflip, rotation_terms
+from .rotation import all_rotations, batch_terms, random_hflip
 
 
 def rotation_loss(d: GanomalyDiscriminator, x: torch.Tensor,
@@ -49,10 +49,8 @@ def terms(d: GanomalyDiscriminator, x: torch.Tensor, flips: bool = True
           ) -> dict[str, torch.Tensor]:
     """Per-image `l_rot` (averaged with the mirror image's when `flips`) and `acc_rot` (turns
     recognised, 0-4) of a batch, in the module's current mode."""
-    table = rotation_terms(logits(d, x), len(x))
-    if flips:
-        mirrored = rotation_terms(logits(d, x.flip(-1)), len(x))["l_rot"]
-        table["l_rot"] = 0.5 * (table["l_rot"] + mirrored)
+    table = batch_terms(d.rotation_logits, x, flips)
+    table["l_rot"] = table.pop("l_rot_flips", table["l_rot"])
     return table
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .data import OneClassSplit, image_batches
 from .evaluate import dev_metrics
 from .nets import RotationClassifier
-from .rotation import all_rotations, random_hflip, rotation_terms
+from .rotation import all_rotations, batch_terms, random_hflip
 from .runs import Run, read_checkpoint, save_image_grid
 from .scorers import RunSource, Scorer, register
 from .training import Cycled, TrainingLoop, load_trained
@@ -89,19 +89,24 @@ def rotation_logits(model: RotationClassifier, x: torch.Tensor) -> torch.Tensor:
 def score(trained: TrainedRotnet, images, *, batch_size: int | None = None,
           score_flips: bool | None = None) -> ScoreTable:
     """The score table: l_rot (sum over the turns of -log p(right turn)), acc_rot (turns
-    recognised, 0-4), and score (l_rot, averaged with the mirror image's when score_flips)."""
+    recognised, 0-4), and score (l_rot, averaged with the mirror image's when score_flips).
+    Eval mode; the model's mode is restored after."""
     cfg = trained.config
     batch_size = batch_size or cfg.score_batch_size
     flips = cfg.score_flips if score_flips is None else score_flips
-    device = next(trained.model.parameters()).device
+    model = trained.model
+    device = next(model.parameters()).device
+    mode = model.training
+    model.eval()
     parts: dict[str, list[torch.Tensor]] = {"l_rot": [], "acc_rot": [], "score": []}
-    for x in image_batches(images, batch_size, VALUE_RANGE):
-        x = x.to(device)
-        terms = rotation_terms(rotation_logits(trained.model, x), len(x))
-        mirrored = rotation_terms(rotation_logits(trained.model, x.flip(-1)), len(x))["l_rot"]
-        parts["l_rot"].append(terms["l_rot"].cpu())
-        parts["acc_rot"].append(terms["acc_rot"].cpu())
-        parts["score"].append((0.5 * (terms["l_rot"] + mirrored) if flips else terms["l_rot"]).cpu())
+    try:
+        for x in image_batches(images, batch_size, VALUE_RANGE):
+            terms = batch_terms(model, x.to(device), flips)
+            terms["score"] = terms.pop("l_rot_flips", terms["l_rot"])
+            for name, values in terms.items():
+                parts[name].append(values.cpu())
+    finally:
+        model.train(mode)
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
 
 
