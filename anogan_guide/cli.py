@@ -70,9 +70,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         classes = sweep.parse_list(args.classes, "class", integers=args.dataset != "folder")
         seeds = sweep.parse_list(args.seeds, "seed")
         common, per_notebook = read_params_file(args.params_file)
-        given = {name: yaml.safe_load(value) if value != "" else "" for name, value in args.p}
+        overrides = {name: yaml.safe_load(value) if value != "" else "" for name, value in args.p}
         methods = sweep.parse_methods(args.methods, {
-            notebook: {**common, **per_notebook.get(notebook, {}), **given}
+            notebook: {**common, **per_notebook.get(notebook, {}), **overrides}
             for notebook, _ in sweep.NEEDS_PARAMETER.values()})
     except sweep.SweepError as err:
         raise UsageError(str(err)) from None
@@ -105,7 +105,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                          f"--classes and --seeds")
     # check the notebooks, the -p names and the parameters file once, before any run starts
     notebooks = resolve_notebooks(sweep.notebooks_for(methods))
-    overrides = given
     plan_parameters(notebooks, common, per_notebook, overrides, out)
 
     def plan(run: sweep.SweepRun) -> dict[str, dict]:

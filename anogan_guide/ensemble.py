@@ -25,6 +25,7 @@ from .data import OneClassSplit
 from .evaluate import SavedScores, Standardizer, dev_metrics, finish_method, load_scores, read_metrics
 from .fusion import Combination
 from .runs import Run, timed
+from .scorerule import parse_terms
 
 DEFAULT_PARTS = ("ganomaly", "gradcon")
 # the second part's share (GradCon's in the default pair): the best mean development AUROC pooled
@@ -36,8 +37,7 @@ SHARES = tuple(round(0.1 * i, 1) for i in range(11))  # the candidates the study
 
 def parse_parts(text: str | Sequence[str]) -> tuple[str, ...]:
     """'rotnet,gradcon' (or a sequence) as the methods to mix, in order; at least two, no repeats."""
-    parts = tuple(dict.fromkeys(p.strip() for p in (text.split(",") if isinstance(text, str)
-                                                    else text) if p.strip()))
+    parts = tuple(dict.fromkeys(parse_terms(text) if isinstance(text, str) else text))
     if len(parts) < 2:
         raise ValueError(f"the ensemble mixes at least two methods; got parts {text!r}: give e.g. "
                          f"parts ganomaly,gradcon")
