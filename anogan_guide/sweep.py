@@ -230,6 +230,13 @@ def reload_finished_training(data: dict, notebooks: Sequence[str], requested: di
     return planned
 
 
+def scores_on_disk(run: SweepRun, method: str) -> bool:
+    """Whether the run folder still holds the method's saved scores (a fresh clone of committed
+    results has metrics.json only: a method made from them must run them again)."""
+    return any((Run(run.folder).scores / f"{entry}.npz").is_file()
+               for entry in METHOD_ENTRIES[method])
+
+
 def notebooks_for(methods: Sequence[str]) -> list[str]:
     """00_data_prep, then the notebooks of the given methods in the guidebook's order."""
     names = {DATA_PREP} | {nb for m in methods for nb in METHOD_NOTEBOOKS[m]}
@@ -273,6 +280,9 @@ def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
                 or (status[m] == "different" and not keep_different)]
         todo += [m for m in methods if m not in todo  # made from a method that runs again
                  and any(need in todo for need in method_needs(m, requested))]
+        todo += [need for need in methods if need not in todo  # a part whose scores are gone
+                 and any(need in method_needs(m, requested) for m in todo)
+                 and not scores_on_disk(run, need)]
         for m in methods:
             if status[m] == "different" and keep_different:
                 for entry in set(data["methods"]) & set(METHOD_ENTRIES[m]):

@@ -155,6 +155,7 @@ def test_the_ensemble_runs_again_when_a_part_does(tmp_path):
     run = sweep.plan_runs("digits", [0], [0], out)[0]
     _fake_metrics(run.folder, "digits", 0, 0, {"ganomaly": 0.8, "gradcon": 0.9, "ensemble": 0.95})
     _record(run.folder, old, run, ["00_data_prep", "03_ganomaly", "04_gradcon", "06_ensemble"])
+    _fake_scores(run.folder, "ganomaly", "gradcon")
     methods = ["ganomaly", "gradcon", "ensemble"]
     assert sweep.sweep("digits", [0], [0], methods, out, plan=old, engine=_recording_engine([]),
                        echo=lambda m: None).skipped == 1
@@ -167,6 +168,37 @@ def test_the_ensemble_runs_again_when_a_part_does(tmp_path):
     sweep.sweep("digits", [0], [0], methods, out, plan=new, engine=_recording_engine(calls := []),
                 echo=lambda m: None)
     assert calls[0].args[:3] == ("00_data_prep", "04_gradcon", "06_ensemble")
+
+
+def _fake_scores(folder: Path, *methods: str) -> None:
+    for method in methods:
+        (Run(folder).scores).mkdir(parents=True, exist_ok=True)
+        (Run(folder).scores / f"{method}.npz").write_bytes(b"")
+
+
+def test_an_ensemble_whose_parts_scores_are_gone_runs_those_parts_again(tmp_path):
+    """A fresh clone holds metrics.json but no scores: an ensemble that runs (new parts here)
+    runs again the parts whose scores are not in the run folder, not those whose scores are,
+    and a part that is not needed is skipped."""
+    out, plan = tmp_path / "sw", _plan()
+    run = sweep.plan_runs("digits", [0], [0], out)[0]
+    _fake_metrics(run.folder, "digits", 0, 0, {"ganomaly": 0.8, "gradcon": 0.9, "rotnet": 0.9,
+                                               "ensemble": 0.95})
+    _record(run.folder, plan, run, ["00_data_prep", "03_ganomaly", "04_gradcon", "05b_rotnet",
+                                    "06_ensemble"])
+    _fake_scores(run.folder, "ganomaly")
+
+    def new_parts(r):
+        planned = plan(r)
+        planned["06_ensemble"]["parts"] = "rotnet,ganomaly"
+        return planned
+
+    methods = sweep.parse_methods("ganomaly,gradcon,rotnet,ensemble", new_parts(run))
+    sweep.sweep("digits", [0], [0], methods, out, plan=new_parts,
+                engine=_recording_engine(calls := []), echo=lambda m: None)
+    assert [a for a in calls[0].args if not a.startswith("-")][:3] == \
+        ["00_data_prep", "05b_rotnet", "06_ensemble"]
+    assert "04_gradcon" not in calls[0].args and "03_ganomaly" not in calls[0].args
 
 
 def test_changed_parameters_rerun_what_they_change_or_are_kept_and_flagged(tmp_path):
