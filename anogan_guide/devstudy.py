@@ -18,7 +18,8 @@ The candidates:
 * The hybrid's score: each term alone, and every rule of `fusion` over several sets of terms
   (`hybrid.candidate_scores`, as in its notebook's ablation; `pseudo` needs the model and is
   read from the runs' own development figures when they used it).
-* The GANomaly + GradCon ensemble's `share` (ensemble.py): GradCon's share of the mixed z-scores.
+* The ensemble's parts and share (ensemble.py): for each pair of ENSEMBLE_PAIRS whose scores
+  the runs have, the second part's share of the mixed z-scores.
 * GANomaly's best-epoch criterion `select`: the development AUROC of the epoch each criterion
   picks (training records it per epoch for this study; it never selects on it).
 * The complexity correction (complexity.py) of each method's score: as scored, or minus the
@@ -149,11 +150,13 @@ def study_recorded(folders: Sequence[Path], method: str) -> dict[str, list[float
     return out
 
 
-def study_ensemble(folders: Sequence[Path]) -> dict[str, list[float]]:
-    """Per share of GradCon, the ensemble's development AUROC in every run with both parts."""
+def study_ensemble(folders: Sequence[Path], pair: Sequence[str] = ensemble.DEFAULT_PARTS
+                   ) -> dict[str, list[float]]:
+    """Per share of the pair's second part, the ensemble's development AUROC in every run with
+    both parts."""
     out: dict[str, list[float]] = {f"share {s:g}": [] for s in ensemble.SHARES}
     for folder in folders:
-        parts = {m: _dev_parts(folder, m) for m in ensemble.DEFAULT_PARTS}
+        parts = {m: _dev_parts(folder, m) for m in pair}
         if any(p is None for p in parts.values()):
             continue
         curve = ensemble.dev_auroc_per_share({m: p[0]["score"] for m, p in parts.items()},
@@ -218,8 +221,12 @@ DEFAULTS = {"gradcon": f"grad_weight {GRAD_WEIGHT:g}", "anogan": "lam 0.1", "fan
 SECTIONS = (("GradCon: grad_weight (score = mse + w * l_grad)", "gradcon"),
             ("AnoGAN search: lam", "anogan"), ("f-AnoGAN encoder: lam", "fanogan"),
             ("Hybrid: the score", "hybrid"),
-            ("Ensemble: GradCon's share (score = (1 - s) z(GANomaly) + s z(GradCon))", "ensemble"),
             ("GANomaly: best-epoch criterion (select)", "ganomaly"))
+# the pairs the ensemble's parts are chosen from (notebook 06's `parts`, the second part's share
+# `gradcon_share`): the published pair, and RotNet with each method of the GAN family or GradCon;
+# a pair is studied where the runs have both parts' scores
+ENSEMBLE_PAIRS = (("ganomaly", "gradcon"), ("rotnet", "ganomaly"), ("rotnet", "hybrid"),
+                  ("rotnet", "gradcon"))
 
 
 def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:
@@ -244,14 +251,18 @@ def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:
     for title, method in SECTIONS:
         if method == "ganomaly":
             results = {label: study_select(f) for label, f in folders.items()}
-        elif method == "ensemble":
-            results = {label: study_ensemble(f) for label, f in folders.items()}
         elif method == "hybrid":
             results = {label: study_recorded(f, method) | study_score_rules(f, method)
                        for label, f in folders.items()}
         else:
             results = {label: study_score_rules(f, method) for label, f in folders.items()}
         lines += _markdown(title, results, DEFAULTS[method])
+    for first, second in ENSEMBLE_PAIRS:
+        results = {label: study_ensemble(f, (first, second)) for label, f in folders.items()}
+        lines += _markdown(f"Ensemble of {first} and {second}: {second}'s share s (score = "
+                           f"(1 - s) z({first}) + s z({second}))", results,
+                           DEFAULTS["ensemble"] if (first, second) == ensemble.DEFAULT_PARTS
+                           else "")
     return "\n".join(lines)
 
 

@@ -108,3 +108,25 @@ def test_the_complexity_correction_is_judged_on_development_scores(tmp_path):
     text = devstudy.study([("digits", [0], [0], tmp_path)])
     assert "### Complexity correction: rotnet" in text
     assert "| **complexity-corrected** |" in text and "| as scored (default) |" in text
+
+
+def test_the_ensemble_pairs_are_judged_where_both_parts_were_scored(tmp_path):
+    """RotNet separates the development anomalies, GANomaly does not: in the RotNet + GANomaly
+    section GANomaly's share 0 ranks first; the GANomaly + GradCon pair has no GradCon scores
+    and no section."""
+    runs = _sweep_folders(tmp_path, 2)
+    g = torch.Generator().manual_seed(2)
+    for r in runs:
+        _write(r.folder, "rotnet", {"score": torch.randn(60, generator=g)},
+               {"score": torch.randn(90, generator=g) + 3.0}, {"score": torch.zeros(4)})
+        _write(r.folder, "ganomaly", {"score": torch.randn(60, generator=g)},
+               {"score": torch.randn(90, generator=g)}, {"score": torch.zeros(4)})
+    results = devstudy.study_ensemble([r.folder for r in runs], ("rotnet", "ganomaly"))
+    means = {k: np.mean(v) for k, v in results.items()}
+    assert all(len(v) == 2 for v in results.values())
+    assert max(means, key=means.get) == "share 0" and means["share 1"] < 0.65
+    assert devstudy.study_ensemble([r.folder for r in runs], ("ganomaly", "gradcon")) == \
+        {f"share {s:g}": [] for s in devstudy.ensemble.SHARES}
+    text = devstudy.study([("digits", [0, 1], [0], tmp_path)])
+    assert "### Ensemble of rotnet and ganomaly" in text and "| **share 0** |" in text
+    assert "### Ensemble of ganomaly and gradcon" not in text
