@@ -19,6 +19,10 @@ runs the same notebooks for every (class, seed) and writes DIR/results.csv and r
     anogan-guide export RUN_DIR [--method M] --out detector.pt
 
 score new images with a trained detector, and write one to a file (apply.py, detector.py).
+
+    anogan-guide compare NEW_SWEEP_DIR results/cifar10 [--tolerance 0.01] [--methods M,...]
+
+compares a re-made sweep's figures with the committed ones (reproduce.py).
 """
 
 from __future__ import annotations
@@ -176,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .apply import add_parsers
 
     add_parsers(sub)  # anogan-guide score / export (apply.py)
+    from .reproduce import add_parser
+
+    add_parser(sub)  # anogan-guide compare (reproduce.py)
     return parser
 
 
