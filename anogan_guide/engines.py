@@ -238,7 +238,7 @@ def _connect(address: str | None):
     try:
         import ray
     except ImportError:
-        raise EngineError("--engine ray needs Ray: pip install ray==2.60.0 (the README's "
+        raise EngineError("--engine ray needs Ray: pip install ray==2.60.0 (docs/sweeps.md's "
                           "set-up installs it), or use --engine local") from None
     # Ray's own notices (a local instance starting, token authentication) would bury the sweep's
     # lines; the runs' output is in their sweep.log anyway

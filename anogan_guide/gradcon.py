@@ -122,7 +122,7 @@ def gradcon_step(model: GradConAE, optimizer: torch.optim.Optimizer, x: torch.Te
     loss.backward()
     # the reference averages W's gradient of the whole training loss, as the official code does
     # (its `weight.grad` after backward); with dMSE/dW alone the score ranked MNIST class 0 at
-    # AUROC 0.84 instead of 0.97 after 10 epochs (README, GradCon)
+    # AUROC 0.84 instead of 0.97 after 10 epochs (the book's methods chapter, docs/methods.md, GradCon)
     update_reference(reference, [w.grad for w in weights], steps)
     optimizer.step()
     return {"loss": loss.detach(), "mse": mse.detach(), "l_grad": l_grad.detach()}

@@ -29,7 +29,7 @@ from .data import image_batches
 EPS = 1e-12  # guards a cosine's denominator against an all-zero gradient
 TRIM_EVERY = 2048  # images scored between two releases of freed heap memory (~12 ms each)
 # the score's weight of the mean gradient cosine: 0.03, chosen on the development split over digits,
-# MNIST and CIFAR-10 (README, How the defaults were chosen); the paper's is 0.12
+# MNIST and CIFAR-10 (docs/defaults.md); the paper's is 0.12
 GRAD_WEIGHT = 0.03
 
 ScoreTable = dict[str, torch.Tensor]

@@ -18,7 +18,7 @@ from those two), and with `w_rot > 0` GANomaly's rotation head (SS-GAN, `rothead
 on the four turns of the normal images beside D's real/fake output) and its per-image term
 `l_rot`. The final score combines terms standardised with the validation normals'
 statistics (`fusion`): by default z(l_enc) + 0.25 z(l_grad) (`weighting="fixed"`), the rule
-chosen on the development split among the candidates of `candidate_scores` (README, "How the
+chosen on the development split among the candidates of `candidate_scores` (docs/defaults.md, "How the
 defaults were chosen"); the other weightings fit their weights on the validation normals of the
 run. No test image or label is involved.
 """
@@ -81,7 +81,7 @@ class HybridConfig(GanomalyConfig):
 
     beta: float = 0.03  # weight of the differentiable gradient loss L_grad in training
     grad_weight: float = gradscore.GRAD_WEIGHT  # the `gradcon` term: mse + grad_weight * l_grad
-    # the score: z(l_enc) + 0.25 z(l_grad), chosen on the development split (README)
+    # the score: z(l_enc) + 0.25 z(l_grad), chosen on the development split (docs/defaults.md)
     weighting: str = "fixed"  # how the z-scored terms combine: fixed | pseudo | equal | min_variance | max
     score_terms: str = "l_enc,l_grad"  # the terms the score combines (of SCORE_TERMS)
     score_weights: str = "1,0.25"  # weighting=fixed: one weight per score term
