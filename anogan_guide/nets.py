@@ -103,23 +103,45 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """DCGAN discriminator (or, with `wgan=True`, a WGAN-GP critic without BatchNorm).
+    """DCGAN discriminator (or, with `wgan=True`, a WGAN-GP critic without BatchNorm); `width`
+    is the first block's channel count (64 as published).
 
     `features(x)` is the last feature map, used by AnoGAN's discrimination loss and f-AnoGAN;
-    `forward(x)` returns one logit (critic value) per image."""
+    `forward(x)` returns one logit (critic value) per image.
 
-    def __init__(self, image_size: int = 32, channels: int = 1, wgan: bool = False) -> None:
+    With `rotation_head=True` a second head, SS-GAN style (Chen et al., CVPR 2019), reads the
+    same 4x4 feature map: a 4x4 convolution to 4 logits, which of the quarter turns the image
+    was shown in (`rotation_logits`, trained and scored by `rothead`). Without it the module (and
+    its state dict) is the published discriminator, so checkpoints made before the head existed
+    load unchanged."""
+
+    def __init__(self, image_size: int = 32, channels: int = 1, wgan: bool = False,
+                 rotation_head: bool = False, *, width: int = 64,
+                 who: str = "the DCGAN discriminator") -> None:
         super().__init__()
-        self.image_size, self.channels, self.wgan = image_size, channels, wgan
-        self.encoder = ConvEncoder(image_size, channels, 1, batch_norm=not wgan,
-                                   who="the DCGAN discriminator")
+        self.image_size, self.channels, self.wgan, self.width = image_size, channels, wgan, width
+        self.encoder = ConvEncoder(image_size, channels, 1, batch_norm=not wgan, who=who,
+                                   base=width)
+        if rotation_head:
+            self.rotation = nn.Conv2d(self.encoder.head.in_channels, 4, 4, 1, 0)
         self.apply(dcgan_init)
+
+    @property
+    def has_rotation_head(self) -> bool:
+        return hasattr(self, "rotation")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder.head(self.features(x)).flatten()
+
+    def rotation_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 4) logits of the quarter turn each image was shown in."""
+        if not self.has_rotation_head:
+            raise ValueError("this discriminator has no rotation head; train with w_rot > 0 "
+                             "(e.g. -p w_rot 1) to give it one")
+        return self.rotation(self.features(x)).flatten(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,34 +170,14 @@ class GanomalyGenerator(nn.Module):
 
 
 class GanomalyDiscriminator(Discriminator):
-    """GANomaly's discriminator: the DCGAN discriminator (first block `width` channels);
-    `features` (its last feature map) feeds L_adv, `forward` gives one logit per image.
-
-    With `rotation_head=True` a second head, SS-GAN style (Chen et al., CVPR 2019), reads the
-    same 4x4 feature map: a 4x4 convolution to 4 logits, which of the quarter turns the image
-    was shown in (`rotation_logits`). Without it the module (and its state dict) is the
-    published discriminator, so checkpoints made before the head existed load unchanged."""
+    """GANomaly's discriminator: the DCGAN discriminator (first block `width` channels, with
+    BatchNorm); `features` (its last feature map) feeds L_adv, `forward` gives one logit per
+    image, and `rotation_head=True` adds the DCGAN discriminator's rotation head."""
 
     def __init__(self, image_size: int = 32, channels: int = 1, width: int = 64,
                  rotation_head: bool = False) -> None:
-        nn.Module.__init__(self)
-        self.image_size, self.channels, self.wgan, self.width = image_size, channels, False, width
-        self.encoder = ConvEncoder(image_size, channels, 1, who="the GANomaly discriminator",
-                                   base=width)
-        if rotation_head:
-            self.rotation = nn.Conv2d(self.encoder.head.in_channels, 4, 4, 1, 0)
-        self.apply(dcgan_init)
-
-    @property
-    def has_rotation_head(self) -> bool:
-        return hasattr(self, "rotation")
-
-    def rotation_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 4) logits of the quarter turn each image was shown in."""
-        if not self.has_rotation_head:
-            raise ValueError("this discriminator has no rotation head; train with w_rot > 0 "
-                             "(e.g. -p w_rot 1) to give it one")
-        return self.rotation(self.features(x)).flatten(1)
+        super().__init__(image_size, channels, rotation_head=rotation_head, width=width,
+                         who="the GANomaly discriminator")
 
 
 # ---------------------------------------------------------------------------------------------
