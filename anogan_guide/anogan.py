@@ -6,15 +6,22 @@
 The best epoch is the one whose generator maps the validation normals best (`latent.map_latent`,
 `val_iterations` steps): validation normals only. Mapping test images: `latent`; the f-AnoGAN
 encoder: `fanogan`.
+
+With `w_rot > 0` (bce only) the discriminator also learns, SS-GAN style, which quarter turn a
+normal image was shown in (`rothead.py`): L_D += w_rot times its rotation head's loss on the real
+batch's four turns, and L_G += w_rot_g times the head's loss on the fakes' turns. The head's
+per-image loss `l_rot` then joins the score table of the latent mapping (`latent.ScoreRule`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from . import rothead
 from .data import OneClassSplit
 from .latent import LAMBDA, MAP_LR, VALUE_RANGE, initial_latents, map_latent
 from .nets import Discriminator, Generator
@@ -61,14 +68,29 @@ class AnoganConfig:
     val_iterations: int = 100  # mapping steps for that validation score (0: keep the last epoch)
     map_lr: float = MAP_LR
     lam: float = LAMBDA
+    w_rot: float = 0.0  # D's rotation loss on the normals' four turns (SS-GAN); 0: no head
+    w_rot_g: float = 0.0  # G's: the rotation loss of its samples through D's head
+    rot_hflip: bool = True  # mirror the rotation loss's images left-right at random
+    rot_flips: bool = True  # l_rot = mean of the image's and its mirror image's rotation loss
     seed: int = 0
     resume: bool = False
+
+    # keys that checkpoints made before they existed lack: recorded only when not at their
+    # default, so such a checkpoint still resumes and reloads as what it was
+    LATER_KEYS: ClassVar[tuple[str, ...]] = ("w_rot", "w_rot_g", "rot_hflip", "rot_flips")
 
     def __post_init__(self) -> None:
         _check_choice("gan_loss", self.gan_loss, GAN_LOSSES)
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2 (got {self.batch_size}); BatchNorm "
                              f"needs a batch, e.g. -p batch_size 64")
+        if self.w_rot < 0 or self.w_rot_g < 0 or (self.w_rot_g and not self.w_rot):
+            raise ValueError(f"w_rot={self.w_rot}, w_rot_g={self.w_rot_g}: the weights of the "
+                             f"rotation losses are >= 0, and w_rot_g needs the head that "
+                             f"w_rot > 0 trains (e.g. -p w_rot 1)")
+        if self.w_rot and self.gan_loss != "bce":
+            raise ValueError(f"the rotation head (w_rot={self.w_rot}) is trained with gan_loss "
+                             f"bce only; pass -p gan_loss bce, or -p w_rot 0 for {self.gan_loss}")
 
     @property
     def learning_rate(self) -> float:
@@ -82,6 +104,16 @@ class AnoganConfig:
     @classmethod
     def from_dict(cls, data: dict) -> AnoganConfig:
         return config_from_dict(cls, data)
+
+
+def checkpoint_config(config: AnoganConfig, split: OneClassSplit) -> dict:
+    """The config as a checkpoint records it, with the image size and channels; LATER_KEYS only
+    where they differ from their default, so a run without the head records what a run made
+    before the head existed did (and such a checkpoint resumes)."""
+    defaults = {f.name: f.default for f in fields(config)}
+    saved = {k: v for k, v in asdict(config).items()
+             if k not in config.LATER_KEYS or v != defaults[k]}
+    return saved | _arch(split)
 
 
 @dataclass
@@ -102,9 +134,11 @@ class TrainedGAN:
 
 def build_gan(image_size: int, channels: int, config: AnoganConfig,
               device: str | torch.device = "cpu") -> tuple[Generator, Discriminator]:
-    """G and D for this image size and channel count (DCGAN init; a BN-free critic for wgan-gp)."""
+    """G and D for this image size and channel count (DCGAN init; a BN-free critic for wgan-gp;
+    D with the rotation head when w_rot > 0)."""
     generator = Generator(config.latent_dim, image_size, channels).to(device)
-    discriminator = Discriminator(image_size, channels, wgan=config.gan_loss == "wgan-gp")
+    discriminator = Discriminator(image_size, channels, wgan=config.gan_loss == "wgan-gp",
+                                  rotation_head=config.w_rot > 0)
     return generator, discriminator.to(device)
 
 
@@ -139,12 +173,13 @@ def train(split: OneClassSplit, config: AnoganConfig, run: Run,
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate,
                              betas=config.betas)
     shuffle = torch.Generator().manual_seed(config.seed)
+    flips = rothead.rotation_flips(config)
     fixed_z = initial_latents(64, config.latent_dim, config.seed)
-    loop = TrainingLoop(run, method, asdict(config) | _arch(split),
+    loop = TrainingLoop(run, method, checkpoint_config(config, split),
                         models={"generator": generator, "discriminator": discriminator},
                         optimizers={"generator": opt_g, "discriminator": opt_d},
                         epochs=config.epochs, resume=config.resume, arch_keys=ARCH_KEYS,
-                        generators=(shuffle,), extra={"fixed_z": fixed_z})
+                        generators=(shuffle, *flips), extra={"fixed_z": fixed_z})
     fixed_z = loop.extra["fixed_z"].to(device)
     train_set = split.train.in_range(*VALUE_RANGE)
     if len(train_set) < 2:
@@ -167,7 +202,8 @@ def train(split: OneClassSplit, config: AnoganConfig, run: Run,
                 losses = _wgan_step(generator, discriminator, opt_g, opt_d, real, noise, config,
                                     update_generator=critic_steps % config.n_critic == 0)
             else:
-                losses = _bce_step(generator, discriminator, opt_g, opt_d, real, noise)
+                losses = _bce_step(generator, discriminator, opt_g, opt_d, real, noise, config,
+                                   *flips)
             loop.record(step, **losses)
         generator.eval()
         with torch.no_grad():
@@ -178,6 +214,9 @@ def train(split: OneClassSplit, config: AnoganConfig, run: Run,
                                         iterations=config.val_iterations, lr=config.map_lr,
                                         lam=config.lam, seed=config.seed,
                                         progress_bar=False).score.mean())
+        if discriminator.has_rotation_head and len(val_x) > 0:  # what the head learnt (eval mode)
+            val_rot = rothead.eval_terms(discriminator, val_x, config.rot_flips)["l_rot"]
+            loop.epoch_history.setdefault("val_l_rot", []).append(float(val_rot.mean()))
         loop.end_epoch(val_loss=val_loss, images=samples, value_range=VALUE_RANGE)
     generator.eval()
     discriminator.eval()
@@ -185,23 +224,38 @@ def train(split: OneClassSplit, config: AnoganConfig, run: Run,
                       loop.train_seconds, loop.history, loop.epoch_history, fixed_z.cpu())
 
 
-def _bce_step(generator, discriminator, opt_g, opt_d, real, noise) -> dict[str, torch.Tensor]:
-    """The classic DCGAN step: D on real (label 1) and fake (label 0), then G non-saturating."""
+def _bce_step(generator, discriminator, opt_g, opt_d, real, noise, config: AnoganConfig,
+              flips: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The classic DCGAN step: D on real (label 1) and fake (label 0), then G non-saturating.
+    With w_rot > 0, D's loss adds w_rot times its rotation head's loss on the four turns of the
+    real batch (mirrored at random by `flips`), and with w_rot_g G's adds w_rot_g times the
+    head's loss on the fakes' turns (SS-GAN). loss_d and loss_g are the adversarial parts; the
+    head's are d_rot, acc_rot and g_rot."""
     fake = generator(noise)
     d_real, d_fake = discriminator(real), discriminator(fake.detach())
     loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
               + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+    total_d, head = loss_d, {}
+    if config.w_rot:
+        d_rot, accuracy = rothead.rotation_loss(discriminator, real, flips)
+        total_d = loss_d + config.w_rot * d_rot
+        head = {"d_rot": d_rot.detach(), "acc_rot": accuracy}
     opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
+    total_d.backward()
     opt_d.step()
     d_gen = discriminator(fake)
     loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+    total_g = loss_g
+    if config.w_rot_g:  # SS-GAN: G's samples should show their turns to D's head
+        g_rot = rothead.rotation_loss(discriminator, fake)[0]
+        total_g = loss_g + config.w_rot_g * g_rot
+        head["g_rot"] = g_rot.detach()
     opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
+    total_g.backward()
     opt_g.step()
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
             "d_real": torch.sigmoid(d_real).mean().detach(),
-            "d_fake": torch.sigmoid(d_fake).mean().detach()}
+            "d_fake": torch.sigmoid(d_fake).mean().detach(), **head}
 
 
 def _wgan_step(generator, critic, opt_g, opt_d, real, noise, config: AnoganConfig, *,
@@ -233,7 +287,8 @@ def _wgan_step(generator, critic, opt_g, opt_d, real, noise, config: AnoganConfi
 
 def load(run: Run, device: str | torch.device = "cpu", which: str = "best", *,
          gan_loss: str = "bce") -> TrainedGAN:
-    """Reload a trained GAN from model_saves/ in a fresh kernel (eval mode)."""
+    """Reload a trained GAN from model_saves/ in a fresh kernel (eval mode); D has the rotation
+    head when the recorded config trained one (w_rot > 0; older checkpoints lack the key)."""
     method = gan_method(gan_loss)
     saved = read_checkpoint(run.checkpoint(method, which))
     config = AnoganConfig.from_dict(saved["config"])
