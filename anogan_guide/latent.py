@@ -8,19 +8,26 @@ house interface that maps and scores images with a trained GAN or f-AnoGAN encod
 The search optimises one z per image with Adam, G and D frozen in eval mode. The loss of each image
 is summed on its own, so the gradient of one image's z never depends on another image: a batch of
 256 images follows exactly the 256 optimisations one image at a time would, only faster.
+
+A discriminator with the rotation head (`anogan.AnoganConfig(w_rot=1)`, `rothead`) adds its
+per-image `l_rot` and `acc_rot` to the score table, and the mapping score itself as the term
+`anogan`; `latentscore.ScoreRule` then chooses the score column: one term as it is (`anogan`,
+the published score, by default) or several z-scored on the validation normals and weighted.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from . import rothead
 from .data import ImageSet
 from .nets import Discriminator, Generator
 from .runs import Run, progress
@@ -28,12 +35,14 @@ from .runs import Run, progress
 if TYPE_CHECKING:  # type hints only: anogan and fanogan import this module
     from .anogan import TrainedGAN
     from .fanogan import TrainedEncoder
+    from .latentscore import ScoreRule
 
 MAPPINGS = ("iterative", "encoder", "encoder+refine")
 MAP_LR = 0.01  # Adam's step on z; see 02_latent_mapping for the comparison with 1e-3
 MAP_ITERATIONS = 500  # the paper's number of mapping steps
 LAMBDA = 0.1  # weight of the discrimination term (the paper's lambda)
 VALUE_RANGE = (-1.0, 1.0)  # tanh generator: images in [-1, 1]
+PUBLISHED = "anogan"  # the term of the mapping score itself, beside the head's (latentscore)
 
 
 @dataclass
@@ -45,16 +54,23 @@ class LatentMap:
     residual: torch.Tensor  # (N,) sum |x - G(z)|
     discrimination: torch.Tensor  # (N,) sum |f(x) - f(G(z))|
     lam: float = LAMBDA
+    head: dict[str, torch.Tensor] = field(default_factory=dict)  # l_rot, acc_rot: D's rotation head
 
-    def table(self) -> dict[str, torch.Tensor]:
-        """The score table of the house interface (term -> per-image values, plus "score")."""
-        return {"residual": self.residual, "discrimination": self.discrimination,
-                "score": self.score}
+    def table(self, rule: ScoreRule | None = None) -> dict[str, torch.Tensor]:
+        """The score table of the house interface (term -> per-image values, plus "score"): with
+        the rotation head also the mapping score as the term "anogan", and l_rot and acc_rot.
+        The score is the mapping score, or the one `rule` chooses."""
+        table = {"residual": self.residual, "discrimination": self.discrimination}
+        if self.head:
+            table |= {PUBLISHED: self.score, **self.head}
+        table["score"] = self.score
+        return table if rule is None else rule(table)
 
     def subset(self, index) -> LatentMap:
         """The rows of some of the images (e.g. the test sample another mapping scored)."""
         return LatentMap(self.z[index], self.score[index], self.residual[index],
-                         self.discrimination[index], self.lam)
+                         self.discrimination[index], self.lam,
+                         {k: v[index] for k, v in self.head.items()})
 
 
 def combine(residual: torch.Tensor, discrimination: torch.Tensor, lam: float) -> torch.Tensor:
@@ -232,30 +248,45 @@ def _as_images(images) -> torch.Tensor:
 def map_images(model: TrainedGAN | TrainedEncoder, images, *, mapping: str = "iterative",
                iterations: int = MAP_ITERATIONS, refine_iterations: int = 50,
                lr: float = MAP_LR, lam: float = LAMBDA, batch_size: int = 256,
-               seed: int = 0, progress_bar: bool = True) -> LatentMap:
+               seed: int = 0, z0: torch.Tensor | None = None,
+               progress_bar: bool = True) -> LatentMap:
     """Map images with one of three mappings: "iterative" (AnoGAN, `iterations` Adam steps from a
-    seeded random z), "encoder" (f-AnoGAN, z = E(x), no search) or "encoder+refine" (E(x), then
-    `refine_iterations` Adam steps)."""
+    seeded random z, or from `z0`), "encoder" (f-AnoGAN, z = E(x), no search) or
+    "encoder+refine" (E(x), then `refine_iterations` Adam steps). With the rotation head in
+    the GAN's discriminator the map also holds the head's terms (`head_terms`)."""
     if mapping not in MAPPINGS:
         raise ValueError(f"mapping {mapping!r} is not known; use one of {', '.join(MAPPINGS)}")
     x = _as_images(images)
     encoder = getattr(model, "encoder", None)  # a TrainedEncoder has one, a TrainedGAN not
+    gan = model.gan if encoder is not None else model
     if mapping == "iterative":
-        gan = model.gan if encoder is not None else model
-        return map_latent(gan.generator, gan.discriminator, x, iterations=iterations, lr=lr,
-                          lam=lam, batch_size=batch_size, seed=seed, progress_bar=progress_bar)
-    if encoder is None:
+        result = map_latent(gan.generator, gan.discriminator, x, iterations=iterations, lr=lr,
+                            lam=lam, batch_size=batch_size, seed=seed, z0=z0,
+                            progress_bar=progress_bar)
+    elif encoder is None:
         raise ValueError(f"mapping {mapping!r} needs a trained f-AnoGAN encoder "
                          f"(fanogan.train_encoder or fanogan.load_encoder), not a bare GAN")
-    z0 = encode(encoder, x, batch_size)
-    steps = 0 if mapping == "encoder" else refine_iterations
-    return map_latent(model.gan.generator, model.gan.discriminator, x, iterations=steps, lr=lr,
-                      lam=lam, batch_size=batch_size, seed=seed, z0=z0, progress_bar=progress_bar)
+    else:
+        steps = 0 if mapping == "encoder" else refine_iterations
+        result = map_latent(gan.generator, gan.discriminator, x, iterations=steps, lr=lr,
+                            lam=lam, batch_size=batch_size, seed=seed,
+                            z0=encode(encoder, x, batch_size), progress_bar=progress_bar)
+    return dataclasses.replace(result, head=head_terms(gan, x, batch_size))
+
+
+def head_terms(gan: TrainedGAN, images: torch.Tensor, batch_size: int = 256
+               ) -> dict[str, torch.Tensor]:
+    """The rotation head's per-image l_rot and acc_rot (`rothead.eval_terms`, eval mode, with
+    the GAN's rot_flips), in batches of `batch_size`; nothing for a D without the head."""
+    d = gan.discriminator
+    if not getattr(d, "has_rotation_head", False):  # (any D with `features` maps)
+        return {}
+    return rothead.eval_terms(d, images, gan.config.rot_flips, batch_size)
 
 
 def score(model: TrainedGAN | TrainedEncoder, images, **kwargs) -> dict[str, torch.Tensor]:
-    """The score table {"residual", "discrimination", "score"} (higher = more anomalous);
-    keyword arguments as for `map_images`."""
+    """The score table {"residual", "discrimination", "score"} (higher = more anomalous; with
+    the rotation head also "anogan", "l_rot", "acc_rot"); keyword arguments as for `map_images`."""
     return map_images(model, images, **kwargs).table()
 
 
@@ -277,8 +308,6 @@ def reconstruct(gan: TrainedGAN, z: torch.Tensor) -> torch.Tensor:
     out = gan.generator(z.to(device)).cpu()
     gan.generator.train(was_training)
     return out
-
-
 
 
 def save_examples(run: Run, gan: TrainedGAN, images: torch.Tensor, result: LatentMap, *,

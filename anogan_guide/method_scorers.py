@@ -3,7 +3,8 @@ of its mappings, f-AnoGAN, GANomaly, GradCon, the hybrid and the ensemble. Each 
 notebook scored, with the parameters the notebook recorded in metrics.json, and maps:
 
 * GANomaly and the hybrid: |x - x_hat|, the mean over channels;
-* AnoGAN / f-AnoGAN: |x - G(z)| with z from the method's mapping;
+* AnoGAN / f-AnoGAN: |x - G(z)| with z from the method's mapping (the score: the mapping score,
+  or its recorded combination with the rotation head's l_rot, `latentscore.ScoreRule`);
 * GradCon: its reconstruction error (x - x_hat)^2 per pixel, the MSE term of its score; its
   gradient term is a property of the decoder's weights and has no pixel map;
 * the ensemble: its parts' maps, each standardised with the mean and standard deviation of its
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from . import anogan, fanogan, ganomaly, gradcon, gradscore, hybrid, latent
 from .evaluate import Standardizer
+from .latentscore import ScoreRule
 from .scorers import Images, RunSource, Scorer, entry_for, register
 
 # ---------------------------------------------------------------------------------------------
@@ -148,20 +150,19 @@ def _latent(source: RunSource, method: str, device: torch.device) -> Scorer:
     kw = dict(lr=float(params.get("lr", latent.MAP_LR)), lam=float(params.get("lam", latent.LAMBDA)),
               seed=seed, progress_bar=False)
     iterations = int(params.get("iterations", latent.MAP_ITERATIONS))
+    rule = ScoreRule.from_params(params)  # the mapping score, or its combination with l_rot
 
     def fn(batch: Images, maps: bool):
         x = batch.images(view, latent.VALUE_RANGE)
-        if mapping == "iterative":
-            z0 = seeded_latents(batch.offset, len(x), gan.config.latent_dim, seed)
-            result = latent.map_latent(gan.generator, gan.discriminator, x, iterations=iterations,
-                                       batch_size=len(x), z0=z0, **kw)
-        else:
-            result = latent.map_images(model, x, mapping=mapping, iterations=iterations,
-                                       refine_iterations=int(params.get("refine_iterations", 50)),
-                                       batch_size=len(x), **kw)
+        z0 = (seeded_latents(batch.offset, len(x), gan.config.latent_dim, seed)
+              if mapping == "iterative" else None)
+        result = latent.map_images(model, x, mapping=mapping, iterations=iterations,
+                                   refine_iterations=int(params.get("refine_iterations", 50)),
+                                   batch_size=len(x), z0=z0, **kw)
+        scores = result.table(rule)["score"]
         if not maps:
-            return result.score, None
-        return result.score, _reconstruction_map(x, latent.reconstruct(gan, result.z).to(x.device))
+            return scores, None
+        return scores, _reconstruction_map(x, latent.reconstruct(gan, result.z).to(x.device))
 
     note = {"iterative": "AnoGAN's search", "encoder": "f-AnoGAN's encoder",
             "encoder+refine": "f-AnoGAN's encoder and a short search"}[mapping]
