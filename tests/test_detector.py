@@ -204,7 +204,11 @@ def test_exported_detector_scores_and_maps_as_the_run(demo, tmp_path, method):
     assert again.method == method and again.threshold == detector.threshold
     expected, indices = saved(run, method)
     paths = [files / f"{i:04d}.png" for i in indices[:70]]
-    assert np.array_equal(again.score(paths).score, expected[:70])
+    # the exported file scores exactly as the run's own detector; both equal the run's saved
+    # scores to float32 rounding (70 images are one batch here, the notebook scored batches of
+    # 256: on some CPUs a kernel rounds differently at another batch size)
+    assert np.array_equal(again.score(paths).score, detector.score(paths).score)
+    assert np.allclose(again.score(paths).score, expected[:70], rtol=1e-5, atol=1e-6)
     for a, b in zip(again.anomaly_map(paths[:3]), detector.anomaly_map(paths[:3]), strict=True):
         assert torch.equal(a, b)
 
