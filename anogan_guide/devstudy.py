@@ -24,6 +24,8 @@ The candidates:
   picks (training records it per epoch for this study; it never selects on it).
 * The complexity correction (complexity.py) of each method's score: as scored, or minus the
   line complexity predicts, fitted on the run's validation normals.
+* AnoGAN's and f-AnoGAN's score with the discriminator's rotation head (runs trained with
+  `w_rot > 0`): the mapping score, the head's l_rot, and z(anogan) + w z(l_rot).
 """
 
 from __future__ import annotations
@@ -76,6 +78,42 @@ def score_rules(method: str) -> dict[str, Rule]:
                 for name, (terms, weighting, weights) in candidate_scores(with_pseudo=False).items()}
     raise ValueError(f"no score rules to study for {method!r}; use gradcon, anogan, fanogan or "
                      f"hybrid")
+
+
+HEAD_WEIGHTS = (1, 2, 4)  # the weight of z(l_rot) beside z(anogan): results/dev-study-anogan-head.md
+
+
+def head_rules() -> dict[str, Rule]:
+    """The candidate scores of AnoGAN / f-AnoGAN trained with the rotation head (its score
+    files hold `anogan`, `l_rot`): each term alone and z(anogan) + w z(l_rot), fitted on the
+    validation normals as notebook 02 fits them (`latentscore.ScoreRule`)."""
+    from .latentscore import ScoreRule
+
+    candidates = {"anogan alone (head)": ("anogan", "1"), "l_rot alone": ("l_rot", "1"),
+                  **{f"z(anogan) + {w} z(l_rot)": ("anogan,l_rot", f"1,{w}")
+                     for w in HEAD_WEIGHTS}}
+    def rule(terms: str, weights: str) -> Rule:
+        def fit(val: Table) -> Callable[[Table], torch.Tensor]:
+            fitted = ScoreRule.fit(val, terms, weights)
+            return lambda table: fitted(table)["score"]
+        return fit
+
+    return {name: rule(*given) for name, given in candidates.items()}
+
+
+def study_head(folders: Sequence[Path], method: str = "anogan") -> dict[str, list[float]]:
+    """Per candidate of `head_rules`, the development AUROC of every run whose score file has
+    the head's `l_rot` (runs without the head are left out)."""
+    out: dict[str, list[float]] = {name: [] for name in head_rules()}
+    for folder in folders:
+        parts = _dev_parts(folder, method)
+        if parts is None or "l_rot" not in parts[0]:
+            continue
+        val, dev = parts
+        for name, rule in head_rules().items():
+            fitted = rule(val)
+            out[name].append(dev_metrics(fitted(val), fitted(dev))["auroc"])
+    return out
 
 
 def _dev_parts(folder: Path, method: str) -> tuple[dict, dict] | None:
@@ -257,6 +295,9 @@ def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:
         else:
             results = {label: study_score_rules(f, method) for label, f in folders.items()}
         lines += _markdown(title, results, DEFAULTS[method])
+    for method in ("anogan", "fanogan", "fanogan-refine"):
+        results = {label: study_head(f, method) for label, f in folders.items()}
+        lines += _markdown(f"{method} with the rotation head: the score", results, "")
     for first, second in ENSEMBLE_PAIRS:
         results = {label: study_ensemble(f, (first, second)) for label, f in folders.items()}
         lines += _markdown(f"Ensemble of {first} and {second}: {second}'s share s (score = "

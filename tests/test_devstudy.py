@@ -130,3 +130,26 @@ def test_the_ensemble_pairs_are_judged_where_both_parts_were_scored(tmp_path):
     text = devstudy.study([("digits", [0, 1], [0], tmp_path)])
     assert "### Ensemble of rotnet and ganomaly" in text and "| **share 0** |" in text
     assert "### Ensemble of ganomaly and gradcon" not in text
+
+
+def test_anogan_head_candidates_are_fitted_on_validation_and_runs_without_the_head_left_out(
+        tmp_path):
+    runs = _sweep_folders(tmp_path, 2)
+    g = torch.Generator().manual_seed(3)
+
+    def table(n, shift):
+        return {"score": torch.randn(n, generator=g), "residual": torch.randn(n, generator=g),
+                "discrimination": torch.randn(n, generator=g),
+                "anogan": torch.randn(n, generator=g),
+                "l_rot": torch.randn(n, generator=g) + shift, "acc_rot": torch.zeros(n)}
+
+    _write(runs[0].folder, "anogan", table(50, 0.0), table(120, 2.5), table(5, 0.0))
+    no_head = {k: v for k, v in table(50, 0.0).items() if k not in ("l_rot", "acc_rot", "anogan")}
+    _write(runs[1].folder, "anogan", no_head, no_head, no_head)
+    results = devstudy.study_head([r.folder for r in runs])
+    assert all(len(v) == 1 for v in results.values())
+    assert results["l_rot alone"][0] > 0.9 and 0.35 < results["anogan alone (head)"][0] < 0.65
+    assert results["z(anogan) + 4 z(l_rot)"][0] > results["z(anogan) + 1 z(l_rot)"][0]
+    text = devstudy.study([("digits", [0, 1], [0], tmp_path)])
+    assert "### anogan with the rotation head: the score" in text
+    assert "| **l_rot alone** |" in text
