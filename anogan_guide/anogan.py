@@ -10,7 +10,7 @@ encoder: `fanogan`.
 With `w_rot > 0` (bce only) the discriminator also learns, SS-GAN style, which quarter turn a
 normal image was shown in (`rothead.py`): L_D += w_rot times its rotation head's loss on the real
 batch's four turns, and L_G += w_rot_g times the head's loss on the fakes' turns. The head's
-per-image loss `l_rot` then joins the score table of the latent mapping (`latent.ScoreRule`).
+per-image loss `l_rot` then joins the score table of the latent mapping (`latentscore.ScoreRule`).
 """
 
 from __future__ import annotations

@@ -110,14 +110,6 @@ def discriminator_step(d: GanomalyDiscriminator, optimizer: torch.optim.Optimize
     return {"d_loss": d_loss.detach(), **out}
 
 
-def rotation_flips(config: GanomalyConfig) -> tuple[torch.Generator, ...]:
-    """The generator of the rotation loss's random mirroring (none without head or mirroring:
-    the random state of a run without the head is as before it existed)."""
-    if not (config.w_rot and config.rot_hflip):
-        return ()
-    return (torch.Generator().manual_seed(config.seed + 1),)
-
-
 def reinit_discriminator(discriminator: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Fresh DCGAN weights for a collapsed discriminator; its Adam moments are dropped too,
     since they describe the collapsed weights."""
@@ -277,7 +269,7 @@ def train(split: OneClassSplit, config: GanomalyConfig, run: Run,
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=betas)
     shuffle = torch.Generator().manual_seed(config.seed)
-    flips = rotation_flips(config)
+    flips = rothead.rotation_flips(config)
     loop = TrainingLoop(run, METHOD, checkpoint_config(config, split),
                         models={"generator": g, "discriminator": d},
                         optimizers={"generator": opt_g, "discriminator": opt_d},

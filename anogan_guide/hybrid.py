@@ -196,7 +196,7 @@ def train(split: OneClassSplit, config: HybridConfig, run: Run,
     reference = {n: torch.zeros_like(params[n]) for n in gradient_layers(g)}
     steps = torch.zeros((), dtype=torch.long)
     shuffle = torch.Generator().manual_seed(config.seed)
-    flips = ganomaly.rotation_flips(config)
+    flips = rothead.rotation_flips(config)
     # the score's combination is fitted during training (each epoch, on its validation scores):
     # on resume only the scoring batch size may change, a new weighting or term trains again
     loop = TrainingLoop(run, METHOD, ganomaly.checkpoint_config(config, split),
