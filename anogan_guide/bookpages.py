@@ -33,6 +33,7 @@ from .resultstables import (
     published_label,
     summary_table,
 )
+from .targets import targets_table
 
 __all__ = ["PAGES", "Page", "Source", "auroc_figure", "label", "notebook_list", "readme_text",
            "summary_table", "update_readme", "write_pages"]
@@ -152,7 +153,8 @@ def index_markdown(root: Path, pages: Sequence[Page], notes: str | None) -> str:
     lines = ["# Results", ""]
     if notes:
         lines += [notes.strip(), ""]
-    lines += ["## Mean test AUROC", "", summary_table(root, pages), "", "## Per data set", "",
+    lines += ["## Mean test AUROC", "", summary_table(root, pages), "",
+              "## Issue 19's targets", "", targets_table(root), "", "## Per data set", "",
               "```{toctree}", ":maxdepth: 1", "", *(p.slug for p in pages), "```", ""]
     return "\n".join(lines)
 
@@ -172,7 +174,7 @@ def notebook_list(root: Path = ROOT) -> str:
 
 
 # README blocks this module writes: name -> what goes between its two marker lines
-BLOCKS = {"notebooks": notebook_list, "results-summary": summary_table}
+BLOCKS = {"notebooks": notebook_list, "results-summary": summary_table, "targets": targets_table}
 
 
 def _markers(name: str) -> tuple[str, str]:

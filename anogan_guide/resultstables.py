@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # how a method is called in tables; a method not listed is shown by its name in the CSV
 LABELS = {"ganomaly": "GANomaly", "gradcon": "GradCon", "hybrid": "hybrid", "ensemble": "ensemble",
           "anogan": "AnoGAN search", "fanogan": "f-AnoGAN encoder",
-          "fanogan-refine": "f-AnoGAN encoder + refine"}
+          "fanogan-refine": "f-AnoGAN encoder + refine", "rotnet": "RotNet"}
 
 
 @dataclass(frozen=True)

@@ -98,9 +98,9 @@ def test_a_changed_csv_changes_the_table_and_the_figure_and_a_new_method_is_a_co
     assert page_after != page_before and (out / "x-auroc.png").read_bytes() != png_before
     head, body = _table(page_after)
     assert body["1"][head.index("GradCon")].startswith("0.500 (")
-    assert "rotnet" in head and body["0"][head.index("rotnet")].startswith("0.600 (")
+    assert "RotNet" in head and body["0"][head.index("RotNet")].startswith("0.600 (")
     summary = bookpages.summary_table(root, (page,))
-    assert re.search(r"\| rotnet \| 0\.645 \|", summary), summary
+    assert re.search(r"\| RotNet \| 0\.645 \|", summary), summary
     assert re.search(r"\| GradCon \| 0\.9[0-9]{2} \|", summary)
 
 
@@ -145,7 +145,9 @@ def test_update_readme_rewrites_only_its_blocks(tmp_path):
     readme = root / "README.md"
     begin_nb, end_nb = bookpages._markers("notebooks")
     begin, end = bookpages._markers("results-summary")
-    readme.write_text(f"intro\n{begin_nb}\nold\n{end_nb}\nmiddle\n{begin}\n| stale |\n{end}\nend\n")
+    begin_t, end_t = bookpages._markers("targets")
+    readme.write_text(f"intro\n{begin_nb}\nold\n{end_nb}\nmiddle\n{begin}\n| stale |\n{end}\n"
+                      f"{begin_t}\n{end_t}\nend\n")
     assert not bookpages.readme_is_current(readme, root)
     assert bookpages.update_readme(readme, root)
     text = readme.read_text()
@@ -190,3 +192,34 @@ def test_the_auroc_figure_keeps_its_width_for_any_number_of_methods(tmp_path):
         plt.close(fig)
     assert {w for w, _ in sizes} == {8.0}
     assert all(h < 6 for _, h in sizes)  # the legend adds a row per four methods
+
+
+def test_targets_are_judged_from_the_csvs_and_incomplete_methods_are_not(tmp_path):
+    """Issue 19's targets come from the committed CSVs: a hand-edited CSV changes the verdict,
+    and a method without every class is listed as not judged instead of ranked."""
+    from anogan_guide import targets
+
+    root = tmp_path / "repo"
+    for csv_path in (targets.CIFAR10, targets.MNIST):
+        (root / csv_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / csv_path, root / csv_path)
+    rows = {t: (m, v) for t, m, v in targets.rows(root)}
+    assert any(t.startswith("CIFAR-10: the best method") for t in rows)
+    path = root / targets.CIFAR10
+    lines = path.read_text().splitlines()
+    head = lines[0].split(",")
+    auroc, method, cls = head.index("auroc"), head.index("method"), head.index("class")
+    edited = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split(",")
+        if cells[method] == "gradcon":
+            cells[auroc] = "0.99"
+        if cells[method] == "hybrid" and cells[cls] == "cat":
+            continue  # the hybrid loses a class
+        edited.append(",".join(cells))
+    path.write_text("\n".join(edited) + "\n")
+    rows = {t: (m, v) for t, m, v in targets.rows(root)}
+    assert rows["CIFAR-10: the best method >= 0.80"] == ("GradCon 0.990 (10 classes, seeds 0)", "met")
+    assert "CIFAR-10: the hybrid >= the better of GANomaly and GradCon" not in rows
+    assert rows["CIFAR-10: methods not yet in every class"] == ("hybrid (9 of 10)", "not judged")
+    assert "| CIFAR-10: the best method >= 0.80 | GradCon 0.990" in targets.targets_table(root)
