@@ -50,16 +50,26 @@ def _best_row(target: str, goal: float, best: tuple[Column, float], note: str = 
 
 
 def rows(root: Path = ROOT) -> list[tuple[str, str, str]]:
-    """(target, what the table has, verdict) for each of issue 19's targets whose table exists."""
-    return _cifar10(root) + _mnist(root)
-
-
-def _cifar10(root: Path) -> list[tuple[str, str, str]]:
-    if not (root / CIFAR10).is_file():
-        return []
+    """(target, what the table has, verdict) for each of issue 19's targets whose table exists,
+    then the methods of each table not yet in every class."""
     out = []
-    classes, cols, _ = columns(root, (Source(CIFAR10),))
-    full = _complete(cols, classes)
+    for name, path, judge in (("CIFAR-10", CIFAR10, _cifar10), ("MNIST", MNIST, _mnist)):
+        if not (root / path).is_file():
+            continue
+        classes, cols, _ = columns(root, (Source(path),))
+        full = _complete(cols, classes)
+        out += judge(classes, full)
+        incomplete = [c for c in cols if c not in full]
+        if incomplete:
+            out.append((f"{name}: methods not yet in every class", ", ".join(
+                f"{label(c.method)} ({len(c.test)} of {N_CLASSES})" for c in incomplete),
+                "not judged"))
+    return out
+
+
+def _cifar10(classes: Sequence[str], full: Sequence[Column]) -> list[tuple[str, str, str]]:
+    """CIFAR-10's targets, from the methods with every class (`full`)."""
+    out = []
     best = _best(full, classes)
     if best:
         out.append(_best_row("CIFAR-10: the best method", 0.80, best))
@@ -78,19 +88,12 @@ def _cifar10(root: Path) -> list[tuple[str, str, str]]:
         out.append(("CIFAR-10: the hybrid >= the better of GANomaly and GradCon",
                     f"hybrid {means['hybrid']:.3f}, {label(other)} {means[other]:.3f}",
                     _verdict(means["hybrid"], means[other])))
-    incomplete = [c for c in cols if c not in full]
-    if incomplete:
-        out.append(("CIFAR-10: methods not yet in every class", ", ".join(
-            f"{label(c.method)} ({len(c.test)} of {N_CLASSES})" for c in incomplete), "not judged"))
     return out
 
 
-def _mnist(root: Path) -> list[tuple[str, str, str]]:
-    if not (root / MNIST).is_file():
-        return []
+def _mnist(classes: Sequence[str], full: Sequence[Column]) -> list[tuple[str, str, str]]:
+    """MNIST's targets, from the methods with every class (`full`)."""
     out = []
-    classes, cols, _ = columns(root, (Source(MNIST),))
-    full = _complete(cols, classes)
     best = _best(full, classes)
     if best:
         out.append(_best_row("MNIST: the best method", 0.985, best))
@@ -101,10 +104,6 @@ def _mnist(root: Path) -> list[tuple[str, str, str]]:
         out.append(("MNIST: no method's mean below the table's when issue 19 was filed",
                     f"largest change {label(worst)} {drops[worst]:+.3f}",
                     "met" if drops[worst] >= 0 else f"missed by {-drops[worst]:.3f}"))
-    incomplete = [c for c in cols if c not in full]
-    if incomplete:
-        out.append(("MNIST: methods not yet in every class", ", ".join(
-            f"{label(c.method)} ({len(c.test)} of {N_CLASSES})" for c in incomplete), "not judged"))
     return out
 
 
