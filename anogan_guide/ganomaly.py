@@ -43,7 +43,7 @@ from .ganomaly_config import (  # noqa: F401 (re-exported: ganomaly.GanomalyConf
     GanomalyConfig,
     checkpoint_config,
 )
-from .nets import GanomalyDiscriminator, GanomalyGenerator, dcgan_init
+from .nets import GanomalyDiscriminator, GanomalyGenerator, dcgan_init, eval_mode
 from .runs import Run, config_from_dict, read_checkpoint, save_image_grid
 from .training import Cycled, TrainingLoop, load_trained
 
@@ -134,15 +134,12 @@ def score_with_latent(trained: TrainedGanomaly, images, *, batch_size: int = 256
     Eval mode (BatchNorm uses its running statistics, so an image's score does not depend on the
     other images in its batch), no gradients, batched. The models' modes are restored after."""
     g, d = trained.generator, trained.discriminator
-    modes = g.training, d.training
-    g.eval()
-    d.eval()
     device = next(g.parameters()).device
     terms: dict[str, list[torch.Tensor]] = {"l_enc": [], "l_con": [], "l_adv": []}
     if d.has_rotation_head:
         terms |= {"l_rot": [], "acc_rot": []}
     latents = []
-    try:
+    with eval_mode(g, d):
         for x in image_batches(images, batch_size, VALUE_RANGE):
             x = x.to(device, non_blocking=True)
             x_hat, z, z_hat = g(x)
@@ -152,9 +149,6 @@ def score_with_latent(trained: TrainedGanomaly, images, *, batch_size: int = 256
             for name, values in per_image.items():
                 terms[name].append(values.float().cpu())
             latents.append(z.float().cpu())
-    finally:
-        g.train(modes[0])
-        d.train(modes[1])
     table = {k: torch.cat(v) if v else torch.zeros(0) for k, v in terms.items()}
     table["score"] = _score_of(table, trained, combination)
     z_all = torch.cat(latents) if latents else torch.zeros(0, g.latent_dim)
@@ -196,13 +190,9 @@ def reconstruct(trained: TrainedGanomaly, images: torch.Tensor, *, batch_size: i
                 ) -> torch.Tensor:
     """x_hat for images in [-1, 1] (eval mode, no gradients)."""
     g = trained.generator
-    mode = g.training
-    g.eval()
     device = next(g.parameters()).device
-    try:
+    with eval_mode(g):
         out = [g(x.to(device))[0].cpu() for x in images.split(batch_size)]
-    finally:
-        g.train(mode)
     return torch.cat(out)
 
 

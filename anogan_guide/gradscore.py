@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import image_batches
+from .nets import eval_mode
 
 EPS = 1e-12  # guards a cosine's denominator against an all-zero gradient
 TRIM_EVERY = 2048  # images scored between two releases of freed heap memory (~12 ms each)
@@ -179,8 +180,6 @@ def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images,
     first = next(model.parameters())
     device, dtype = first.device, first.dtype
     refs = [r.detach().to(device=device, dtype=dtype) for r in reference.values()]
-    was_training = model.training
-    model.eval()
     # batched: only the scored weights need gradients, so the encoder builds no graph
     params = {n: p.detach().requires_grad_(n in reference) for n, p in model.named_parameters()}
     # one at a time: the model as it is (as the official code), its scored weights trainable
@@ -191,7 +190,7 @@ def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images,
     try:
         for w in frozen:
             w.requires_grad_(True)
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             for x in image_batches(images, batch_size):
                 x = x.to(device=device, dtype=dtype)
                 if batch_size == 1:
@@ -205,7 +204,6 @@ def score_table(model: nn.Module, reference: Mapping[str, torch.Tensor], images,
                     _release_free_memory()
                     scored = 0
     finally:
-        model.train(was_training)
         for w in frozen:
             w.requires_grad_(False)
     mse = torch.cat(mses) if mses else torch.zeros(0)

@@ -38,7 +38,7 @@ from . import ganomaly, gradcon, gradscore, rothead, scorerule
 from .data import OneClassSplit, image_batches
 from .fusion import WEIGHTINGS, Combination, fit_combination, pseudo_anomalies
 from .ganomaly import GanomalyConfig, TrainedGanomaly
-from .nets import GanomalyDiscriminator, GanomalyGenerator
+from .nets import GanomalyDiscriminator, GanomalyGenerator, eval_mode
 from .runs import Run
 from .training import Cycled, TrainingLoop
 
@@ -304,12 +304,9 @@ def score_with_latent(trained: TrainedHybrid, images, *, batch_size: int | None 
     table, z = ganomaly.score_with_latent(trained, images, batch_size=batch_size,
                                           combination=None)
     g = trained.generator
-    mode = g.training
-    try:
+    with eval_mode(g):  # the wrapper's own (training) mode would otherwise be restored into g
         grad_table = gradscore.score_table(Reconstructor(g), trained.reference, images,
-                                         batch_size=batch_size)
-    finally:
-        g.train(mode)
+                                           batch_size=batch_size)
     table["l_grad"] = grad_table["l_grad"]
     table["mse"] = grad_table["mse"]
     table["gradcon"] = gradscore.score_from_terms(table["mse"], table["l_grad"],
@@ -337,15 +334,11 @@ def gradient_features(trained: TrainedHybrid, images: torch.Tensor, *, layer: in
     and scaled to unit length: the L_grad representation that is clustered. torch.func
     (functional_call + vmap + grad), eval mode; `images` in [-1, 1]."""
     g = trained.generator
-    mode = g.training
-    g.eval()
     name = list(trained.reference)[layer]
     device = next(g.parameters()).device
-    try:
+    with eval_mode(g):
         out = [gradscore.per_image_gradients(Reconstructor(g), [name], x.to(device))[name]
                .flatten(1).cpu() for x in images.split(batch_size)]
-    finally:
-        g.train(mode)
     feats = torch.cat(out)
     return feats / feats.norm(dim=1, keepdim=True).clamp_min(gradscore.EPS)
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from . import rothead
 from .data import ImageSet
-from .nets import Discriminator, Generator
+from .nets import Discriminator, Generator, eval_mode
 from .runs import Run, progress
 
 if TYPE_CHECKING:  # type hints only: anogan and fanogan import this module
@@ -229,11 +229,9 @@ def map_latent(generator: nn.Module, discriminator: nn.Module, images: torch.Ten
 @torch.no_grad()
 def encode(encoder: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """z = E(x) for every image with an encoder network (f-AnoGAN's), in eval mode, batched."""
-    was_training = encoder.training
-    encoder.eval()
     device = next(encoder.parameters()).device
-    out = [encoder(x.to(device, torch.float32)).cpu() for x in images.split(batch_size)]
-    encoder.train(was_training)
+    with eval_mode(encoder):
+        out = [encoder(x.to(device, torch.float32)).cpu() for x in images.split(batch_size)]
     return torch.cat(out) if out else torch.zeros(0, encoder.latent_dim)
 
 
@@ -303,11 +301,8 @@ def timed_map(model: TrainedGAN | TrainedEncoder, images, **kwargs) -> tuple[Lat
 def reconstruct(gan: TrainedGAN, z: torch.Tensor) -> torch.Tensor:
     """G(z) in eval mode (for pairs of originals and their closest generated images)."""
     device = next(gan.generator.parameters()).device
-    was_training = gan.generator.training
-    gan.generator.eval()
-    out = gan.generator(z.to(device)).cpu()
-    gan.generator.train(was_training)
-    return out
+    with eval_mode(gan.generator):
+        return gan.generator(z.to(device)).cpu()
 
 
 def save_examples(run: Run, gan: TrainedGAN, images: torch.Tensor, result: LatentMap, *,

@@ -8,6 +8,8 @@ from the 4x4 bottleneck up (16: 2 up-sampling blocks, 32: 3, 64: 4).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -21,6 +23,21 @@ def _check_power_of_two(image_size: int, who: str) -> int:
         raise ValueError(f"{who} needs a power-of-two image_size ({sizes})"
                          f"; got {image_size} - use image_size 32 (MNIST is padded/resized to it)")
     return int(math.log2(image_size // 4))  # number of stride-2 blocks
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration of a `with` block (BatchNorm uses its running statistics, so an
+    image's score does not depend on the other images in its batch); each module's own mode is
+    restored after, also when the block raises."""
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes, strict=True):
+            module.train(mode)
 
 
 def dcgan_init(module: nn.Module) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .nets import Discriminator
+from .nets import Discriminator, eval_mode
 from .rotation import all_rotations, batch_terms, random_hflip
 
 
@@ -71,16 +71,12 @@ def eval_terms(d: Discriminator, images: torch.Tensor, flips: bool = True,
     """`terms` of a whole set of images in [-1, 1], eval mode (BatchNorm's running statistics,
     so an image's terms do not depend on its batch), in batches of `batch_size`, on the CPU; the
     module's mode is restored after."""
-    mode = d.training
-    d.eval()
     device = next(d.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {"l_rot": [], "acc_rot": []}
-    try:
+    with eval_mode(d):
         for x in images.split(batch_size):
             for name, values in terms(d, x.to(device, torch.float32), flips).items():
                 parts[name].append(values.float().cpu())
-    finally:
-        d.train(mode)
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
 
 
@@ -89,13 +85,9 @@ def eval_logits(d: Discriminator, images: torch.Tensor, batch_size: int = 256
                 ) -> torch.Tensor:
     """(4N, 4) eval-mode logits of images in [-1, 1], in rotation.all_rotations' order over the
     whole set (for `rotation.confusion`); the module's mode is restored after."""
-    mode = d.training
-    d.eval()
     device = next(d.parameters()).device
-    try:
+    with eval_mode(d):
         parts = [logits(d, x.to(device)).view(4, len(x), 4).cpu() for x in images.split(batch_size)]
-    finally:
-        d.train(mode)
     return torch.cat(parts, 1).reshape(-1, 4)
 
 

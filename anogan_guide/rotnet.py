@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .data import OneClassSplit, image_batches
 from .evaluate import dev_metrics
-from .nets import RotationClassifier
+from .nets import RotationClassifier, eval_mode
 from .rotation import all_rotations, batch_terms, random_hflip
 from .runs import Run, read_checkpoint, save_image_grid
 from .scorers import RunSource, Scorer, register
@@ -77,12 +77,8 @@ class TrainedRotnet:
 @torch.no_grad()
 def rotation_logits(model: RotationClassifier, x: torch.Tensor) -> torch.Tensor:
     """(4N, 4) logits of the four turns of a batch (rotation.all_rotations' order), eval mode."""
-    mode = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model(all_rotations(x)[0]).float()
-    finally:
-        model.train(mode)
 
 
 @torch.no_grad()
@@ -96,17 +92,13 @@ def score(trained: TrainedRotnet, images, *, batch_size: int | None = None,
     flips = cfg.score_flips if score_flips is None else score_flips
     model = trained.model
     device = next(model.parameters()).device
-    mode = model.training
-    model.eval()
     parts: dict[str, list[torch.Tensor]] = {"l_rot": [], "acc_rot": [], "score": []}
-    try:
+    with eval_mode(model):
         for x in image_batches(images, batch_size, VALUE_RANGE):
             terms = batch_terms(model, x.to(device), flips)
             terms["score"] = terms.pop("l_rot_flips", terms["l_rot"])
             for name, values in terms.items():
                 parts[name].append(values.cpu())
-    finally:
-        model.train(mode)
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
 
 

@@ -10,14 +10,7 @@ import anogan_guide as ag
 from anogan_guide import anogan, fanogan, latent
 from anogan_guide.training import NonFiniteLossError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

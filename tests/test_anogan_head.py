@@ -26,13 +26,7 @@ PUBLISHED_KEYS = ["encoder.features.0.weight", "encoder.features.2.weight",
                   "encoder.features.3.num_batches_tracked", "encoder.head.weight"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 import anogan_guide as ag
 from anogan_guide import ganomaly as gm
-from anogan_guide.nets import GanomalyDiscriminator, GanomalyGenerator
+from anogan_guide.nets import GanomalyDiscriminator, GanomalyGenerator, eval_mode
 
 TINY = dict(batch_size=32, width=8, latent_dim=16, lr=1e-3, min_steps_per_epoch=0)
 
@@ -152,6 +152,19 @@ def test_scoring_in_eval_mode(split, tmp_path):
     assert not torch.allclose(((zz - z_hat) ** 2).mean(1), table["score"], rtol=1e-3)
     # the ImageSet path converts to [-1, 1] itself
     assert torch.allclose(gm.score(trained, split.val)["score"][:12], table["score"], rtol=1e-5)
+
+
+def test_eval_mode_restores_each_module_also_after_an_error():
+    g, d = GanomalyGenerator(16, 1, latent_dim=8, width=8), GanomalyDiscriminator(16, 1, 8)
+    d.eval()
+    d.encoder.train()  # a mixed module: train() restores the top-level mode to every child
+    with eval_mode(g, d):
+        assert not g.training and not d.training and not d.encoder.training
+    assert g.training and not d.training
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(g):
+        assert not g.training
+        raise RuntimeError("inside")
+    assert g.training
 
 
 def test_tiny_training_decreases_loss_and_selects_on_validation(split, tmp_path):
