@@ -24,6 +24,8 @@ The candidates:
   picks (training records it per epoch for this study; it never selects on it).
 * The complexity correction (complexity.py) of each method's score: as scored, or minus the
   line complexity predicts, fitted on the run's validation normals.
+* GANomaly's and the hybrid's score with the discriminator's rotation head (runs trained with
+  `w_rot > 0`): the weight of z(l_rot) beside the other terms of the parameters files.
 * AnoGAN's and f-AnoGAN's score with the discriminator's rotation head (runs trained with
   `w_rot > 0`): the mapping score, the head's l_rot, and z(anogan) + w z(l_rot).
 """
@@ -132,13 +134,30 @@ def _dev_parts(folder: Path, method: str) -> tuple[dict, dict] | None:
     return (val, dev) if dev else None
 
 
-def study_score_rules(folders: Sequence[Path], method: str) -> dict[str, list[float]]:
-    """Per candidate rule, the development AUROC of every run that has the method's scores."""
-    rules = score_rules(method)
+ROT_WEIGHTS = (0, 0.25, 0.5, 1, 2, 4)  # of z(l_rot): results/dev-study-mnist-rotation.md
+
+
+def rotation_weight_rules(method: str) -> dict[str, Rule]:
+    """The scores of GANomaly or the hybrid trained with the rotation head: the parameters
+    files' other terms (z(l_enc); the hybrid's z(l_enc) + 0.25 z(l_grad)) plus w z(l_rot) for
+    each w of ROT_WEIGHTS (w = 0: the head's model scored without its term)."""
+    terms, weights, name = ("l_enc",), (1.0,), "z(l_enc)"
+    if method == "hybrid":
+        terms, weights, name = ("l_enc", "l_grad"), (1.0, 0.25), "z(l_enc) + 0.25 z(l_grad)"
+    return {f"{name} + {w:g} z(l_rot)": _fused((*terms, "l_rot"), "fixed", (*weights, w))
+            for w in ROT_WEIGHTS}
+
+
+def study_score_rules(folders: Sequence[Path], method: str,
+                      rules: Mapping[str, Rule] | None = None, needs: str | None = None
+                      ) -> dict[str, list[float]]:
+    """Per candidate rule (default: `score_rules(method)`), the development AUROC of every run
+    that has the method's scores (and, with `needs`, that term among them)."""
+    rules = score_rules(method) if rules is None else rules
     out: dict[str, list[float]] = {name: [] for name in rules}
     for folder in folders:
         parts = _dev_parts(folder, method)
-        if parts is None:
+        if parts is None or (needs is not None and needs not in parts[0]):
             continue
         val, dev = parts
         for name, rule in rules.items():
@@ -295,6 +314,11 @@ def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:
         else:
             results = {label: study_score_rules(f, method) for label, f in folders.items()}
         lines += _markdown(title, results, DEFAULTS[method])
+    for method, title in (("ganomaly", "GANomaly"), ("hybrid", "The hybrid")):
+        rules = rotation_weight_rules(method)
+        results = {label: study_score_rules(f, method, rules, needs="l_rot")
+                   for label, f in folders.items()}
+        lines += _markdown(f"{title} with the rotation head: the weight of l_rot", results, "")
     for method in ("anogan", "fanogan", "fanogan-refine"):
         results = {label: study_head(f, method) for label, f in folders.items()}
         lines += _markdown(f"{method} with the rotation head: the score", results, "")

@@ -153,3 +153,30 @@ def test_anogan_head_candidates_are_fitted_on_validation_and_runs_without_the_he
     text = devstudy.study([("digits", [0, 1], [0], tmp_path)])
     assert "### anogan with the rotation head: the score" in text
     assert "| **l_rot alone** |" in text
+
+
+@pytest.mark.parametrize("method", ["ganomaly", "hybrid"])
+def test_the_l_rot_weight_is_judged_where_the_run_has_the_head(tmp_path, method):
+    runs = _sweep_folders(tmp_path, 2)
+    g = torch.Generator().manual_seed(4)
+    others = ("l_enc", "l_con", "l_adv") + (("l_grad", "mse", "gradcon") if method == "hybrid"
+                                            else ())
+
+    def table(n, rot_shift, with_head=True):  # only the head's term tells the two apart
+        t = {k: torch.randn(n, generator=g) for k in (*others, "score")}
+        return t | ({"l_rot": torch.randn(n, generator=g) + rot_shift} if with_head else {})
+
+    _write(runs[0].folder, method, table(60, 0.0), table(150, 3.0), table(5, 0.0))
+    no_head = table(60, 0.0, with_head=False)
+    _write(runs[1].folder, method, no_head, no_head, no_head)
+    rules = devstudy.rotation_weight_rules(method)
+    results = devstudy.study_score_rules([r.folder for r in runs], method, rules, needs="l_rot")
+    assert all(len(v) == 1 for v in results.values())  # the run without the head is left out
+    prefix = "z(l_enc) + 0.25 z(l_grad)" if method == "hybrid" else "z(l_enc)"
+    aurocs = [results[f"{prefix} + {w:g} z(l_rot)"][0] for w in devstudy.ROT_WEIGHTS]
+    assert 0.35 < aurocs[0] < 0.65 and aurocs[-1] > 0.9
+    assert aurocs == sorted(aurocs)  # more weight on the only informative term, better
+    title = "GANomaly" if method == "ganomaly" else "The hybrid"
+    text = devstudy.study([("digits", [0, 1], [0], tmp_path)])
+    assert f"### {title} with the rotation head: the weight of l_rot" in text
+    assert f"| **{prefix} + 4 z(l_rot)** |" in text
