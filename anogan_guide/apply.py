@@ -16,10 +16,12 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .detector import Detector
-from .imagefiles import find_images
 from .runs import atomic_path, progress
+
+if TYPE_CHECKING:  # the detector (and torch) load when a command scores: runs.py says why
+    from .detector import Detector
 
 CSV_COLUMNS = ("path", "score", "threshold", "anomalous", "normal_percentile")
 
@@ -37,6 +39,7 @@ def score_files(detector: Detector, targets: list[str], out: str | Path, *,
                 workers: int = 1) -> int:
     """Score every image `targets` names into the CSV `out`; returns the exit status (0, or 1
     when some file was skipped or some target gave no image)."""
+    from .imagefiles import find_images
     from .maps import overlay_name, save_overlay
 
     files, problems = find_images(targets)
@@ -101,7 +104,7 @@ def cmd_export(args) -> int:
 
 
 def load(source: str, method: str | None, device: str) -> Detector:
-    from .detector import DetectorError
+    from .detector import Detector, DetectorError
 
     try:
         return Detector.load(source, method, device=device)

@@ -128,9 +128,11 @@ def cpu_threads_per_job(jobs: int) -> int | None:
 
 def run_local(tasks: Sequence[Task], *, jobs: int = 1) -> Iterator[Outcome]:
     """`jobs` runs at a time on this machine: one GPU each when there are several
-    (CUDA_VISIBLE_DEVICES), else OMP_NUM_THREADS = cores / jobs. Yields (task, error or None)."""
+    (CUDA_VISIBLE_DEVICES), else OMP_NUM_THREADS = cores / jobs; a single job is left as the
+    user set it up (and the sweep need not load torch to count GPUs). Yields (task, error or
+    None)."""
     jobs = max(1, jobs)
-    gpus = gpu_count()
+    gpus = gpu_count() if jobs > 1 else 0
     slots: list[int | None] = [i % gpus if gpus else None for i in range(jobs)]
     free = list(range(jobs))
     threads = None if gpus else cpu_threads_per_job(jobs)

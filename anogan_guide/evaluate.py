@@ -15,20 +15,26 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .data import OneClassSplit
 from .runs import Run, atomic_path, write_json
 
-ScoreTable = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where scores are (runs.py says why)
+    import torch
+
+    from .data import OneClassSplit
+
+ScoreTable = dict[str, "torch.Tensor"]
 FALSE_POSITIVE_RATE = 0.05  # the threshold lets through 5% of the validation normals
 METRIC_KEYS = ("auroc", "auprc", "f1", "threshold", "dev", "train_seconds", "score_seconds",
                "score_images_per_second", "params")
 
 
 def _np(values) -> np.ndarray:
+    import torch
+
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().double().numpy()
     return np.asarray(values, dtype=np.float64).ravel()

@@ -1,4 +1,9 @@
-"""Run folders, atomic writes, checkpoints, seeding, device choice and progress bars."""
+"""Run folders, atomic writes, checkpoints, seeding, device choice and progress bars.
+
+torch is imported by the functions that use it (seeding, the device, checkpoints), not here: the
+command line (`anogan-guide run`, `sweep`) reads and writes run folders without it, and every
+`anogan-guide` process then starts in a fraction of a second instead of about 3.5 s.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,13 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +49,8 @@ def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch, and ask torch for deterministic algorithms where it has them."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -52,6 +61,8 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(device: str = "auto") -> torch.device:
     """"auto" is CUDA when present, else the CPU; anything else is passed to torch.device."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -193,6 +204,8 @@ CHECKPOINT_FORMAT = 1
 
 def rng_state(*generators: torch.Generator) -> dict:
     """The state of every random generator a training run uses, in a weights_only-safe form."""
+    import torch
+
     _, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss = random.getstate()
     state = {
@@ -209,6 +222,8 @@ def rng_state(*generators: torch.Generator) -> dict:
 
 def set_rng_state(state: dict, *generators: torch.Generator) -> None:
     """Restore what rng_state() captured."""
+    import torch
+
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
@@ -226,6 +241,8 @@ def save_checkpoint(path: str | Path, *, method: str, config: dict, epoch: int,
                     rng: dict, metrics: dict | None = None, history: dict | None = None,
                     extra: dict[str, torch.Tensor] | None = None) -> None:
     """Write one checkpoint dict atomically (see the format above)."""
+    import torch
+
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "method": method,
@@ -248,6 +265,8 @@ class CheckpointError(ValueError):
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint dict with torch.load(weights_only=True)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; run the method's training notebook first "
@@ -305,6 +324,8 @@ def config_from_dict(config_class: type, data: dict):
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """Run fn() and return (result, seconds), synchronising CUDA so the time is real."""
     import time
+
+    import torch
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -30,7 +30,6 @@ import yaml
 from .engines import Outcome, Task, run_local
 from .evaluate import read_metrics
 from .runs import Run, atomic_path, progress
-from .scorerule import parse_terms
 
 # method -> the notebooks that produce it (after 00_data_prep)
 METHOD_NOTEBOOKS: dict[str, tuple[str, ...]] = {
@@ -102,6 +101,8 @@ def method_needs(method: str, parameters: Mapping[str, Mapping] | None = None) -
     notebook, name = NEEDS_PARAMETER.get(method, ("", ""))
     given = (parameters or {}).get(notebook, {}).get(name)
     if given:
+        from .scorerule import parse_terms  # (it needs torch; the sweep does not: runs.py)
+
         return tuple(dict.fromkeys(parse_terms(str(given))))
     return METHOD_NEEDS.get(method, ())
 
