@@ -43,6 +43,7 @@ import torch
 from . import complexity, ensemble
 from .evaluate import dev_metrics, read_metrics
 from .fusion import fit_combination
+from .ganomaly_config import GanomalyConfig
 from .gradscore import GRAD_WEIGHT, score_from_terms
 from .hybrid import HybridConfig, candidate_scores
 from .latent import combine
@@ -138,12 +139,13 @@ ROT_WEIGHTS = (0, 0.25, 0.5, 1, 2, 4)  # of z(l_rot): results/dev-study-mnist-ro
 
 
 def rotation_weight_rules(method: str) -> dict[str, Rule]:
-    """The scores of GANomaly or the hybrid trained with the rotation head: the parameters
-    files' other terms (z(l_enc); the hybrid's z(l_enc) + 0.25 z(l_grad)) plus w z(l_rot) for
-    each w of ROT_WEIGHTS (w = 0: the head's model scored without its term)."""
-    terms, weights, name = ("l_enc",), (1.0,), "z(l_enc)"
-    if method == "hybrid":
-        terms, weights, name = ("l_enc", "l_grad"), (1.0, 0.25), "z(l_enc) + 0.25 z(l_grad)"
+    """The scores of GANomaly or the hybrid trained with the rotation head: the method's default
+    score (z(l_enc); the hybrid's z(l_enc) + 0.25 z(l_grad)) plus w z(l_rot) for each w of
+    ROT_WEIGHTS (w = 0: the head's model scored without its term)."""
+    config = HybridConfig() if method == "hybrid" else GanomalyConfig()
+    terms, weights = config.terms, config.weights
+    name = " + ".join(f"z({t})" if w == 1 else f"{w:g} z({t})"
+                      for t, w in zip(terms, weights, strict=True))
     return {f"{name} + {w:g} z(l_rot)": _fused((*terms, "l_rot"), "fixed", (*weights, w))
             for w in ROT_WEIGHTS}
 
