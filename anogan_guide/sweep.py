@@ -11,9 +11,11 @@ every notebook it ran and the defaults of that notebook's parameters cell (metri
 "parameters" and "defaults"); a method already there with the requested values is skipped, one
 made with others (passed or default) runs again (or, with --keep-different, is kept and
 flagged), so the same command resumes an interrupted sweep and a changed parameter or default
-re-runs what it changes. A training notebook the run finished with the requested values is
-given `resume: true`, so it reloads its training rather than repeating it (a GAN whose mapping
-was interrupted). The results files come from results.py.
+re-runs what it changes; a method made from others (the ensemble) runs again when one of its
+parts does, or did since (its saved scores are newer: a sweep stopped between the two). A
+training notebook the run finished with the requested values is given `resume: true`, so it
+reloads its training rather than repeating it (a GAN whose mapping was interrupted).
+The results files come from results.py.
 """
 
 from __future__ import annotations
@@ -239,6 +241,19 @@ def scores_on_disk(run: SweepRun, method: str) -> bool:
                for entry in METHOD_ENTRIES[method])
 
 
+def made_before_its_parts(run: SweepRun, method: str, parts: Sequence[str]) -> bool:
+    """Whether the run folder's saved scores of `method` are older than those of one of the
+    methods it is made from: a part made again by a sweep that stopped before the method's own
+    notebook, whose entry still mixes the part's old scores."""
+    def newest(m: str) -> float | None:
+        files = [Run(run.folder).scores / f"{entry}.npz" for entry in METHOD_ENTRIES[m]]
+        times = [f.stat().st_mtime for f in files if f.is_file()]
+        return max(times) if times else None
+
+    own = newest(method)
+    return own is not None and any((t := newest(part)) is not None and t > own for part in parts)
+
+
 def notebooks_for(methods: Sequence[str]) -> list[str]:
     """00_data_prep, then the notebooks of the given methods in the guidebook's order."""
     names = {DATA_PREP} | {nb for m in methods for nb in METHOD_NOTEBOOKS[m]}
@@ -281,7 +296,8 @@ def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
         todo = [m for m in methods if status[m] == "missing"
                 or (status[m] == "different" and not keep_different)]
         todo += [m for m in methods if m not in todo  # made from a method that runs again
-                 and any(need in todo for need in method_needs(m, requested))]
+                 and (any(need in todo for need in method_needs(m, requested))  # or ran since
+                      or made_before_its_parts(run, m, method_needs(m, requested)))]
         todo += [need for need in methods if need not in todo  # a part whose scores are gone
                  and any(need in method_needs(m, requested) for m in todo)
                  and not scores_on_disk(run, need)]

@@ -1,6 +1,7 @@
 """`anogan-guide sweep`: parsing, resuming, one GPU per job, failures, results files."""
 
 import csv
+import os
 import subprocess
 import sys
 import threading
@@ -168,6 +169,28 @@ def test_the_ensemble_runs_again_when_a_part_does(tmp_path):
     sweep.sweep("digits", [0], [0], methods, out, plan=new, engine=_recording_engine(calls := []),
                 echo=lambda m: None)
     assert calls[0].args[:3] == ("00_data_prep", "04_gradcon", "06_ensemble")
+
+
+def test_an_ensemble_older_than_a_part_made_again_since_runs_again(tmp_path):
+    """A sweep stopped between a part (made again: new parameters) and the ensemble leaves the
+    old ensemble entry, recorded with unchanged parameters: its scores are older than the part's,
+    so the next sweep runs the ensemble (only) again."""
+    out, plan = tmp_path / "sw", _plan()
+    run = sweep.plan_runs("digits", [0], [0], out)[0]
+    _fake_metrics(run.folder, "digits", 0, 0, {"ganomaly": 0.8, "gradcon": 0.9, "ensemble": 0.95})
+    _record(run.folder, plan, run, ["00_data_prep", "03_ganomaly", "04_gradcon", "06_ensemble"])
+    _fake_scores(run.folder, "ganomaly", "gradcon", "ensemble")
+    methods = ["ganomaly", "gradcon", "ensemble"]
+    assert sweep.sweep("digits", [0], [0], methods, out, plan=plan, engine=_recording_engine([]),
+                       echo=lambda m: None).skipped == 1
+    ganomaly = Run(run.folder).scores / "ganomaly.npz"
+    later = (Run(run.folder).scores / "ensemble.npz").stat().st_mtime + 60
+    os.utime(ganomaly, (later, later))
+    sweep.sweep("digits", [0], [0], methods, out, plan=plan, engine=_recording_engine(calls := []),
+                echo=lambda m: None)
+    assert [a for a in calls[0].args if not a.startswith("-")][:2] == \
+        ["00_data_prep", "06_ensemble"]
+    assert "03_ganomaly" not in calls[0].args and "04_gradcon" not in calls[0].args
 
 
 def _fake_scores(folder: Path, *methods: str) -> None:
