@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import method_scorers  # noqa: F401  (registers the guidebook's methods)
 from .detectorfile import (
     DETECTOR_VERSION,
     MAP_SCALE,
@@ -37,7 +36,7 @@ from .detectorfile import (
 )
 from .imagefiles import Batch, batches, gather
 from .runs import Run, pick_device
-from .scorers import Images, NoMap, RunSource, Scorer, entry_for
+from .scorers import Images, NoMap, RunSource, Scorer, entry_for, registry
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -309,12 +308,9 @@ class Detector:
 def best_method(source: RunSource, *, verbose: bool = True) -> str:
     """The run's method with the best development AUROC (metrics.json's `dev`; never test)
     among those a detector can be made of."""
-    from .scorers import REGISTRY
-
-    entry_for("ganomaly")  # imports every method module, so that the registry is complete
     scored = {m: (e.get("dev") or {}).get("auroc") for m, e in source.metrics.get("methods",
                                                                                  {}).items()}
-    known = {m: v for m, v in scored.items() if m in REGISTRY}
+    known = {m: v for m, v in scored.items() if m in registry()}
     candidates = {m: v for m, v in known.items() if v is not None}
     if not candidates:
         have = ", ".join(known) or "none"

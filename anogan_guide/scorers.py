@@ -1,7 +1,8 @@
 """The registry of detectors: how each method of a run folder scores new images (and, if it
 reconstructs them, maps where they differ).
 
-A method joins with one entry in its own module:
+A method joins with one entry in its own module, named in METHOD_MODULES (the package imports
+its modules when first used, so the registry imports these itself):
 
     from .scorers import Scorer, register
 
@@ -23,6 +24,7 @@ ensemble's). `anogan_guide.detector` does the rest: preparing images, thresholds
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +92,8 @@ class Entry:
 
 
 REGISTRY: dict[str, Entry] = {}
+# the modules whose import registers methods: the first ones together, later ones beside their code
+METHOD_MODULES = ("method_scorers", "rotnet")
 
 
 def _as_fn(value) -> Callable:
@@ -107,13 +111,19 @@ def register(*methods: str, checkpoints=(), parts=()):
     return wrap
 
 
-def entry_for(method: str) -> Entry:
-    import anogan_guide  # noqa: F401  (every method module registers itself on import)
+def registry() -> dict[str, Entry]:
+    """Every method a detector can be made of (METHOD_MODULES imported first)."""
+    for module in METHOD_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    return REGISTRY
 
-    if method not in REGISTRY:
+
+def entry_for(method: str) -> Entry:
+    entries = registry()
+    if method not in entries:
         raise KeyError(f"no detector is registered for method {method!r}; known: "
-                       f"{', '.join(sorted(REGISTRY))}")
-    return REGISTRY[method]
+                       f"{', '.join(sorted(entries))}")
+    return entries[method]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,5 +197,5 @@ class RunSource:
         return self._val_cache[view.key]
 
 
-__all__ = ["Entry", "Images", "NoMap", "REGISTRY", "RunSource", "Scorer", "entry_for",
-           "register"]
+__all__ = ["Entry", "Images", "METHOD_MODULES", "NoMap", "REGISTRY", "RunSource", "Scorer",
+           "entry_for", "register", "registry"]

@@ -25,13 +25,15 @@ from anogan_guide import (
     gradcon,
     hybrid,
     latent,
+    rotnet,
     sources,
 )
 from anogan_guide.detector import Detector, DetectorError, read_detector_file
 from anogan_guide.method_scorers import seeded_latents
 from anogan_guide.scorers import NoMap, Scorer
 
-METHODS = ("anogan", "fanogan", "fanogan-refine", "ganomaly", "gradcon", "hybrid", "ensemble")
+METHODS = ("anogan", "fanogan", "fanogan-refine", "ganomaly", "gradcon", "hybrid", "rotnet",
+           "ensemble")
 
 
 def _finish(run, name, split, val, test, dev, indices, params):
@@ -79,6 +81,11 @@ def demo(tmp_path_factory):
     hy = hybrid.train(split, ag.HybridConfig(epochs=1, batch_size=32, width=8, latent_dim=16,
                                              score_batch_size=128), run)
     _finish(run, "hybrid", split, *(hybrid.score(hy, s) for s in (split.val, split.test,
+                                                                 split.dev)), every, {})
+    rotnet.train(split, ag.RotnetConfig(epochs=1, batch_size=32, width=4, min_steps_per_epoch=2),
+                 run)
+    rn = rotnet.load(run)
+    _finish(run, "rotnet", split, *(rotnet.score(rn, s) for s in (split.val, split.test,
                                                                  split.dev)), every, {})
     ensemble.finish(run, split, 0.3)
     # the test images as files, at their own size (8x8): the detector resizes them as the split
@@ -142,8 +149,8 @@ def test_best_method_is_chosen_on_development_auroc_never_test(demo, tmp_path, c
 
 def test_a_method_the_run_lacks_names_those_it_has(demo):
     run, _, _ = demo
-    with pytest.raises(KeyError, match="has no method 'rotnet'; it has anogan, fanogan"):
-        Detector.load(run.root, "rotnet", device="cpu")
+    with pytest.raises(KeyError, match="has no method 'anogan-wgangp'; it has anogan, fanogan"):
+        Detector.load(run.root, "anogan-wgangp", device="cpu")
 
 
 def test_every_kind_of_input_gives_the_same_score(demo, capsys):
@@ -177,12 +184,25 @@ def test_maps_at_the_inputs_size_and_methods_without_one(demo):
         (amap,) = detector.anomaly_map(image)
         assert amap.shape == (20, 30) and torch.isfinite(amap).all(), method
     assert "gradient term" in Detector.load(run.root, "gradcon", device="cpu").map_note
-    gm = Detector.load(run.root, "ganomaly", device="cpu")
-    blind = Detector(Scorer("rotnet", gm.scorer.views, gm.scorer.fn,
-                            no_map="rotnet classifies rotations: it has no per-pixel map"),
-                     gm.threshold, gm.val_scores, source="test", payload={}, device=gm.device)
-    with pytest.raises(NoMap, match="no per-pixel map"):
-        blind.anomaly_map(image)
+    with pytest.raises(NoMap, match="rotnet classifies the turns .* no per-pixel map"):
+        Detector.load(run.root, "rotnet", device="cpu").anomaly_map(image)
+
+
+def test_an_ensemble_with_rotnet_scores_and_exports_as_the_run_and_has_no_map(demo, tmp_path):
+    """CIFAR-10's ensemble (RotNet and the hybrid): the same scores from files, from its
+    exported file, and a one-line NoMap, since RotNet has no map."""
+    run, split, files = demo
+    copy = ag.open_run(tmp_path / "run")
+    shutil.copytree(run.root, copy.root, dirs_exist_ok=True)
+    ensemble.finish(copy, split, 0.2, parts=("rotnet", "hybrid"))
+    detector = Detector.load(copy.root, "ensemble", device="cpu")
+    expected, indices = saved(copy, "ensemble")
+    paths = [files / f"{i:04d}.png" for i in indices]
+    assert np.array_equal(detector.score(paths).score, expected)
+    again = Detector.load(detector.export(tmp_path / "detector.pt"), device="cpu")
+    assert np.allclose(again.score(paths).score, expected, rtol=1e-5)
+    with pytest.raises(NoMap, match="its part rotnet has none"):
+        again.anomaly_map(paths[:1])
 
 
 def test_overlays_are_saved(demo, tmp_path):
@@ -289,9 +309,9 @@ def test_cli_refuses_empty_folders_unknown_methods_and_leaves_no_partial_csv(
     out = tmp_path / "s.csv"
     assert cli.main(["score", str(run.root), str(tmp_path / "empty"), "--out", str(out)]) == 1
     assert "no images under" in capsys.readouterr().err and not out.exists()
-    assert cli.main(["score", str(run.root), str(files), "--method", "rotnet", "--out",
+    assert cli.main(["score", str(run.root), str(files), "--method", "anogan-wgangp", "--out",
                      str(out)]) == 1
-    assert "has no method 'rotnet'; it has anogan" in capsys.readouterr().err
+    assert "has no method 'anogan-wgangp'; it has anogan" in capsys.readouterr().err
     # a failure half-way: no CSV, no temporary file
     calls = []
 

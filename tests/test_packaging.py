@@ -70,7 +70,8 @@ def test_every_shipped_parameters_file_names_known_notebooks_and_parameters(tmp_
 
 def test_the_command_line_starts_without_torch_and_the_package_names_load_when_used():
     """`anogan-guide run` and `sweep` only read and write run folders: their modules import
-    torch where they use it (3.5 s of every process otherwise); `ag.<name>` still works."""
+    torch where they use it (3.5 s of every process otherwise); `ag.<name>` still works, and
+    the detectors' registry holds every method (rotnet registers in its own module)."""
     import subprocess
     import sys
 
@@ -82,8 +83,12 @@ def test_the_command_line_starts_without_torch_and_the_package_names_load_when_u
             "print(ag.GanomalyConfig.__name__, ag.open_run.__name__, ag.plots.__name__)\n"
             "print('torch' in sys.modules)\n"
             "try:\n    ag.no_such_name\nexcept AttributeError as err:\n    print(err)\n"
-            "print(sorted(set(ag.__all__) - set(dir(ag))))\n")
+            "print(sorted(set(ag.__all__) - set(dir(ag))))\n"
+            # a detector for every method of the sweep, though no method module was imported
+            "from anogan_guide import scorers, sweep\n"
+            "print(sorted({e for es in sweep.METHOD_ENTRIES.values() for e in es}\n"
+            "             - set(scorers.registry())))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=REPO).stdout.splitlines()
     assert out == ["False", "GanomalyConfig open_run anogan_guide.plots", "True",
-                   "module 'anogan_guide' has no attribute 'no_such_name'", "[]"]
+                   "module 'anogan_guide' has no attribute 'no_such_name'", "[]", "[]"]
