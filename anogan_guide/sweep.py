@@ -243,15 +243,15 @@ def scores_on_disk(run: SweepRun, method: str) -> bool:
 
 def made_before_its_parts(run: SweepRun, method: str, parts: Sequence[str]) -> bool:
     """Whether the run folder's saved scores of `method` are older than those of one of the
-    methods it is made from: a part made again by a sweep that stopped before the method's own
-    notebook, whose entry still mixes the part's old scores."""
+    methods it is made from, or absent beside them: a part made again by a sweep that stopped
+    before the method's own notebook, whose entry still mixes the part's old scores."""
     def newest(m: str) -> float | None:
         files = [Run(run.folder).scores / f"{entry}.npz" for entry in METHOD_ENTRIES[m]]
         times = [f.stat().st_mtime for f in files if f.is_file()]
         return max(times) if times else None
 
     own = newest(method)
-    return own is not None and any((t := newest(part)) is not None and t > own for part in parts)
+    return any((t := newest(part)) is not None and (own is None or t > own) for part in parts)
 
 
 def notebooks_for(methods: Sequence[str]) -> list[str]:

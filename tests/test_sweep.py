@@ -156,7 +156,7 @@ def test_the_ensemble_runs_again_when_a_part_does(tmp_path):
     run = sweep.plan_runs("digits", [0], [0], out)[0]
     _fake_metrics(run.folder, "digits", 0, 0, {"ganomaly": 0.8, "gradcon": 0.9, "ensemble": 0.95})
     _record(run.folder, old, run, ["00_data_prep", "03_ganomaly", "04_gradcon", "06_ensemble"])
-    _fake_scores(run.folder, "ganomaly", "gradcon")
+    _fake_scores(run.folder, "ganomaly", "gradcon", "ensemble")
     methods = ["ganomaly", "gradcon", "ensemble"]
     assert sweep.sweep("digits", [0], [0], methods, out, plan=old, engine=_recording_engine([]),
                        echo=lambda m: None).skipped == 1
@@ -191,6 +191,12 @@ def test_an_ensemble_older_than_a_part_made_again_since_runs_again(tmp_path):
     assert [a for a in calls[0].args if not a.startswith("-")][:2] == \
         ["00_data_prep", "06_ensemble"]
     assert "03_ganomaly" not in calls[0].args and "04_gradcon" not in calls[0].args
+    # the same when the ensemble's score file is not there at all beside its parts' files
+    (Run(run.folder).scores / "ensemble.npz").unlink()
+    sweep.sweep("digits", [0], [0], methods, out, plan=plan, engine=_recording_engine(calls := []),
+                echo=lambda m: None)
+    assert [a for a in calls[0].args if not a.startswith("-")][:2] == \
+        ["00_data_prep", "06_ensemble"]
 
 
 def _fake_scores(folder: Path, *methods: str) -> None:
