@@ -71,13 +71,22 @@ def _stop_cluster(temp_dir: str) -> None:
         time.sleep(2)
 
 
+def _ray_start(*args: str, env: dict) -> None:
+    """`ray start ARGS`; a failure raises with the end of Ray's own output (its reason)."""
+    result = subprocess.run([RAY, "start", *args], capture_output=True, text=True, timeout=120,
+                            env=env)
+    if result.returncode:
+        raise RuntimeError(f"ray start {' '.join(args[:2])} failed: "
+                           f"{(result.stderr or result.stdout)[-1500:]}")
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A Ray head and a second node joining it, one CPU each, in their own temporary folder
-    (short: Ray's socket paths must fit in 107 characters); stopped whatever happens."""
+    (short: Ray's socket paths must fit in 107 characters); stopped whatever happens. A start
+    that fails (Ray's own start-up times out on a loaded machine) is tried once more, on a new
+    port, after stopping what it left."""
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
     token = Path(temp_dir) / "auth_token"  # Ray's token authentication, with a token of its own
     token.write_text(secrets.token_hex(32))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
@@ -86,13 +95,20 @@ def cluster():
     for name, value in auth.items():  # for the sweeps, which join this cluster
         patch.setenv(name, value)
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                        f"--temp-dir={temp_dir}", "--num-cpus=1", "--num-gpus=0",
-                        "--include-dashboard=false", "--disable-usage-stats"],
-                       check=True, capture_output=True, timeout=120, env=env)
-        subprocess.run([RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
-                        "--num-cpus=1", "--num-gpus=0"],
-                       check=True, capture_output=True, timeout=120, env=env)
+        for attempt in (1, 2):
+            address = f"127.0.0.1:{_free_port()}"
+            try:
+                _ray_start("--head", f"--port={address.rsplit(':', 1)[1]}",
+                           "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+                           "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                           "--disable-usage-stats", env=env)
+                _ray_start(f"--address={address}", "--node-ip-address=127.0.0.1",
+                           "--num-cpus=1", "--num-gpus=0", env=env)
+                break
+            except (RuntimeError, subprocess.TimeoutExpired):
+                _stop_cluster(temp_dir)
+                if attempt == 2:
+                    raise
         yield address
     finally:
         patch.undo()
