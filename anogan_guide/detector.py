@@ -310,7 +310,8 @@ def best_method(source: RunSource, *, verbose: bool = True) -> str:
     among those a detector can be made of."""
     scored = {m: (e.get("dev") or {}).get("auroc") for m, e in source.metrics.get("methods",
                                                                                  {}).items()}
-    known = {m: v for m, v in scored.items() if m in registry()}
+    entries = registry()
+    known = {m: v for m, v in scored.items() if m in entries}
     candidates = {m: v for m, v in known.items() if v is not None}
     if not candidates:
         have = ", ".join(known) or "none"

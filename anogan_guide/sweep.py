@@ -234,24 +234,27 @@ def reload_finished_training(data: dict, notebooks: Sequence[str], requested: di
     return planned
 
 
+def scores_time(run: SweepRun, method: str) -> float | None:
+    """When the run folder's saved scores of the method were last written; None when it has
+    none (a fresh clone of committed results has metrics.json only)."""
+    files = [Run(run.folder).scores / f"{entry}.npz" for entry in METHOD_ENTRIES[method]]
+    times = [f.stat().st_mtime for f in files if f.is_file()]
+    return max(times) if times else None
+
+
 def scores_on_disk(run: SweepRun, method: str) -> bool:
-    """Whether the run folder still holds the method's saved scores (a fresh clone of committed
-    results has metrics.json only: a method made from them must run them again)."""
-    return any((Run(run.folder).scores / f"{entry}.npz").is_file()
-               for entry in METHOD_ENTRIES[method])
+    """Whether the run folder still holds the method's saved scores (a method made from them
+    must otherwise run them again)."""
+    return scores_time(run, method) is not None
 
 
 def made_before_its_parts(run: SweepRun, method: str, parts: Sequence[str]) -> bool:
     """Whether the run folder's saved scores of `method` are older than those of one of the
     methods it is made from, or absent beside them: a part made again by a sweep that stopped
     before the method's own notebook, whose entry still mixes the part's old scores."""
-    def newest(m: str) -> float | None:
-        files = [Run(run.folder).scores / f"{entry}.npz" for entry in METHOD_ENTRIES[m]]
-        times = [f.stat().st_mtime for f in files if f.is_file()]
-        return max(times) if times else None
-
-    own = newest(method)
-    return any((t := newest(part)) is not None and (own is None or t > own) for part in parts)
+    own = scores_time(run, method)
+    return any((t := scores_time(run, part)) is not None and (own is None or t > own)
+               for part in parts)
 
 
 def notebooks_for(methods: Sequence[str]) -> list[str]:
@@ -295,11 +298,12 @@ def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
         status = {m: method_status(data, run, m, requested, defaults) for m in methods}
         todo = [m for m in methods if status[m] == "missing"
                 or (status[m] == "different" and not keep_different)]
+        needs = {m: method_needs(m, requested) for m in methods}
         todo += [m for m in methods if m not in todo  # made from a method that runs again
-                 and (any(need in todo for need in method_needs(m, requested))  # or ran since
-                      or made_before_its_parts(run, m, method_needs(m, requested)))]
+                 and (any(need in todo for need in needs[m])  # or ran since
+                      or made_before_its_parts(run, m, needs[m]))]
         todo += [need for need in methods if need not in todo  # a part whose scores are gone
-                 and any(need in method_needs(m, requested) for m in todo)
+                 and any(need in needs[m] for m in todo)
                  and not scores_on_disk(run, need)]
         for m in methods:
             if status[m] == "different" and keep_different:

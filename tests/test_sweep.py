@@ -151,15 +151,22 @@ def test_a_finished_training_is_reloaded_not_repeated(tmp_path):
         "01_dcgan_training"]["resume"] is False
 
 
-def test_the_ensemble_runs_again_when_a_part_does(tmp_path):
-    out, old = tmp_path / "sw", _plan({"epochs": 2})
+def _finished_ensemble_run(out: Path, plan):
+    """One run whose GANomaly, GradCon and ensemble (and their score files) are finished with
+    `plan`'s parameters: the sweep skips it. Returns (run, methods)."""
     run = sweep.plan_runs("digits", [0], [0], out)[0]
     _fake_metrics(run.folder, "digits", 0, 0, {"ganomaly": 0.8, "gradcon": 0.9, "ensemble": 0.95})
-    _record(run.folder, old, run, ["00_data_prep", "03_ganomaly", "04_gradcon", "06_ensemble"])
+    _record(run.folder, plan, run, ["00_data_prep", "03_ganomaly", "04_gradcon", "06_ensemble"])
     _fake_scores(run.folder, "ganomaly", "gradcon", "ensemble")
     methods = ["ganomaly", "gradcon", "ensemble"]
-    assert sweep.sweep("digits", [0], [0], methods, out, plan=old, engine=_recording_engine([]),
+    assert sweep.sweep("digits", [0], [0], methods, out, plan=plan, engine=_recording_engine([]),
                        echo=lambda m: None).skipped == 1
+    return run, methods
+
+
+def test_the_ensemble_runs_again_when_a_part_does(tmp_path):
+    out, old = tmp_path / "sw", _plan({"epochs": 2})
+    run, methods = _finished_ensemble_run(out, old)
 
     def new(r):  # only GradCon's epochs change: its scores, so the ensemble's, change
         planned = old(r)
@@ -176,13 +183,7 @@ def test_an_ensemble_older_than_a_part_made_again_since_runs_again(tmp_path):
     old ensemble entry, recorded with unchanged parameters: its scores are older than the part's,
     so the next sweep runs the ensemble (only) again."""
     out, plan = tmp_path / "sw", _plan()
-    run = sweep.plan_runs("digits", [0], [0], out)[0]
-    _fake_metrics(run.folder, "digits", 0, 0, {"ganomaly": 0.8, "gradcon": 0.9, "ensemble": 0.95})
-    _record(run.folder, plan, run, ["00_data_prep", "03_ganomaly", "04_gradcon", "06_ensemble"])
-    _fake_scores(run.folder, "ganomaly", "gradcon", "ensemble")
-    methods = ["ganomaly", "gradcon", "ensemble"]
-    assert sweep.sweep("digits", [0], [0], methods, out, plan=plan, engine=_recording_engine([]),
-                       echo=lambda m: None).skipped == 1
+    run, methods = _finished_ensemble_run(out, plan)
     ganomaly = Run(run.folder).scores / "ganomaly.npz"
     later = (Run(run.folder).scores / "ensemble.npz").stat().st_mtime + 60
     os.utime(ganomaly, (later, later))

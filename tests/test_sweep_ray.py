@@ -96,9 +96,10 @@ def cluster():
         patch.setenv(name, value)
     try:
         for attempt in (1, 2):
-            address = f"127.0.0.1:{_free_port()}"
+            port = _free_port()
+            address = f"127.0.0.1:{port}"
             try:
-                _ray_start("--head", f"--port={address.rsplit(':', 1)[1]}",
+                _ray_start("--head", f"--port={port}",
                            "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
                            "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
                            "--disable-usage-stats", env=env)
