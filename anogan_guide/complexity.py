@@ -9,7 +9,10 @@ the length of its losslessly compressed file; here, its PNG size in bits per pix
 `Correction` removes from a method's score the part that complexity predicts, fitted on the
 validation normals only (scikit-learn's linear regression of the score on complexity); the
 corrected score is the residual. Whether it helps is read on the development split
-(`compare`), never on the test set.
+(`compare`), never on the test set. A notebook records the corrected score with
+`correct_tables` (complexity measured on the images the method scored, as a detector measures
+it on a new image); the score as scored stays in the tables as `score_raw`, and the fitted line
+goes into the method's metrics.json parameters, from which `scorers.build` applies it again.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ def split_complexity(split: OneClassSplit) -> dict[str, np.ndarray]:
             "test": png_bits_per_dim(split.test.images)}
 
 
-def run_complexity(run) -> dict[str, np.ndarray]:
+def run_complexity(run, image_size: int | None = None) -> dict[str, np.ndarray]:
     """`split_complexity` of a run folder's split, read again from its split.json (the data
-    must be where the split was made)."""
+    must be where the split was made), at `image_size` (None: the split's own)."""
     import json
 
     from .data import load_one_class
@@ -62,7 +65,7 @@ def run_complexity(run) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"{run.root} has no split.json; run 00_data_prep with this run_dir")
     saved = json.loads(run.split_path.read_text())
     split = load_one_class(saved["dataset"], saved["normal_class"], data_root=saved.get("data_root"),
-                           image_size=saved["image_size"], seed=saved["seed"],
+                           image_size=image_size or saved["image_size"], seed=saved["seed"],
                            val_fraction=saved["val_fraction"])
     return split_complexity(split)
 
@@ -93,27 +96,62 @@ class Correction:
     def __call__(self, scores, complexity) -> np.ndarray:
         return _np(scores) - (self.slope * _np(complexity) + self.intercept)
 
+    def params(self) -> dict:
+        """What a method's metrics.json entry records (`from_params` reads it back)."""
+        return {"slope": self.slope, "intercept": self.intercept}
+
+    @classmethod
+    def from_params(cls, params: dict | None) -> Correction | None:
+        """The correction a method's recorded parameters name (None: scored as is)."""
+        value = (params or {}).get(PARAM)
+        return None if not value else cls(float(value["slope"]), float(value["intercept"]))
+
+
+PARAM = "complexity_correction"  # the key of the fitted line in a method's recorded params
+RAW = "score_raw"  # the score as scored, kept beside the corrected one
+
+
+def correct_tables(split: OneClassSplit, val: dict, test: dict, dev: dict | None = None, *,
+                   test_indices=None) -> Correction:
+    """Record the corrected score in a notebook's score tables, in place: each table's `score`
+    becomes the score minus the line fitted on the validation normals (complexity of the
+    split's images as the method scored them), the score as scored is kept as `score_raw`.
+    `test_indices`: the test images `test` scored (None: all). Returns the fitted line."""
+    indices = slice(None) if test_indices is None else np.asarray(test_indices)
+    measured = {"val": png_bits_per_dim(split.val), "test": png_bits_per_dim(split.test)[indices]}
+    if dev is not None:
+        measured["dev"] = png_bits_per_dim(split.dev)
+    fitted = Correction.fit(val["score"], measured["val"])
+    for part, table in (("val", val), ("dev", dev), ("test", test)):
+        if table is None:
+            continue
+        if len(table["score"]) != len(measured[part]):
+            raise ValueError(f"the {part} table has {len(table['score'])} scores for "
+                             f"{len(measured[part])} images; pass the test_indices it scored")
+        table[RAW] = table["score"]
+        table["score"] = torch.from_numpy(fitted(table["score"], measured[part]))
+    return fitted
+
+
+def _as_scored(table: dict) -> np.ndarray:
+    return table.get(RAW, table["score"])
+
 
 def compare(saved: SavedScores, complexity: dict[str, np.ndarray]) -> dict:
     """One method's figures with and without the correction: the Spearman correlation of its
-    test score with complexity, and the development AUROC raw and corrected (validation normals
-    against development anomalies; None without them). Reads no test label."""
+    test score (as scored: `score_raw` where the notebook recorded the corrected one) with
+    complexity, and the development AUROC raw and corrected (validation normals against
+    development anomalies; None without them). Reads no test label."""
     from scipy.stats import spearmanr
 
-    fitted = Correction.fit(saved.val["score"], complexity["val"])
+    val, test = _as_scored(saved.val), _as_scored(saved.test)
+    fitted = Correction.fit(val, complexity["val"])
     out = {"slope": fitted.slope,
-           "test_spearman": float(spearmanr(saved.test["score"], complexity["test"]).statistic),
+           "test_spearman": float(spearmanr(test, complexity["test"]).statistic),
            "dev_auroc": None, "dev_auroc_corrected": None}
     if len(saved.dev.get("score", ())):
-        out["dev_auroc"] = dev_metrics(saved.val["score"], saved.dev["score"])["auroc"]
-        out["dev_auroc_corrected"] = dev_metrics(
-            fitted(saved.val["score"], complexity["val"]),
-            fitted(saved.dev["score"], complexity["dev"]))["auroc"]
+        dev = _as_scored(saved.dev)
+        out["dev_auroc"] = dev_metrics(val, dev)["auroc"]
+        out["dev_auroc_corrected"] = dev_metrics(fitted(val, complexity["val"]),
+                                                 fitted(dev, complexity["dev"]))["auroc"]
     return out
-
-
-def corrected_scores(saved: SavedScores, complexity: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The corrected score of every set (val, dev, test), the line fitted on validation normals."""
-    fitted = Correction.fit(saved.val["score"], complexity["val"])
-    return {part: fitted(getattr(saved, part)["score"], complexity[part])
-            for part in ("val", "dev", "test") if len(getattr(saved, part).get("score", ()))}

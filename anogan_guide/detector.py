@@ -36,7 +36,7 @@ from .detectorfile import (
 )
 from .imagefiles import Batch, batches, gather
 from .runs import Run, pick_device
-from .scorers import Images, NoMap, RunSource, Scorer, entry_for, registry
+from .scorers import Images, NoMap, RunSource, Scorer, build, entry_for, registry
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -145,10 +145,10 @@ class Detector:
             method = best_method(source, verbose=verbose)
         source.entry(method)  # names the methods the run has when it lacks this one
         try:
-            entry = entry_for(method)
+            entry_for(method)
         except KeyError as err:
             raise DetectorError(err.args[0]) from None
-        scorer = entry.build(source, method, device)
+        scorer = build(source, method, device)
         threshold = source.entry(method)["threshold"]
         detector = cls(scorer, threshold, source.val_scores(method),
                        source=origin or str(source.run.root), payload=payload or {},

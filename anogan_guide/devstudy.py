@@ -128,8 +128,7 @@ def _dev_parts(folder: Path, method: str) -> tuple[dict, dict] | None:
         val = {k[4:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("val/")}
         dev = {k[4:]: torch.from_numpy(data[k]) for k in data.files if k.startswith("dev/")}
     if method == "hybrid" and "gradcon" not in val and dev:  # scored before the term existed
-        entry = read_metrics(Run(folder)).get("methods", {}).get(method, {})
-        weight = entry.get("params", {}).get("grad_weight", HybridConfig().grad_weight)
+        weight = _method_params(folder, method).get("grad_weight", HybridConfig().grad_weight)
         for table in (val, dev):
             table["gradcon"] = score_from_terms(table["mse"], table["l_grad"], weight)
     return (val, dev) if dev else None
@@ -175,24 +174,31 @@ def study_complexity(folders: Sequence[Path], method: str, cache: dict | None = 
                      ) -> dict[str, list[float]]:
     """The development AUROC of a method's score as scored and complexity-corrected (the line
     fitted on each run's validation normals), in every run that has the method's scores for
-    the whole development set. `cache`: folder -> complexities, shared between methods."""
+    the whole development set; "as scored" is the score before any recorded correction
+    (`score_raw`). `cache`: (folder, image size) -> complexities, shared between methods."""
     cache = {} if cache is None else cache
     out: dict[str, list[float]] = {"as scored": [], "complexity-corrected": []}
     for folder in folders:
         parts = _dev_parts(folder, method)
         if parts is None or not Run(folder).split_path.is_file():
             continue
-        if folder not in cache:
-            cache[folder] = complexity.run_complexity(Run(folder))
-        c = cache[folder]
-        val, dev = parts
-        if len(val["score"]) != len(c["val"]) or len(dev["score"]) != len(c["dev"]):
+        # complexity of the images the method scored (its own image size, e.g. GradCon's 28 px)
+        size = _method_params(folder, method).get("image_size")
+        if (folder, size) not in cache:
+            cache[folder, size] = complexity.run_complexity(Run(folder), size)
+        c = cache[folder, size]
+        val, dev = (table.get(complexity.RAW, table["score"]) for table in parts)
+        if len(val) != len(c["val"]) or len(dev) != len(c["dev"]):
             continue  # scored a sample of the development set
-        fitted = complexity.Correction.fit(val["score"], c["val"])
-        out["as scored"].append(dev_metrics(val["score"], dev["score"])["auroc"])
-        out["complexity-corrected"].append(dev_metrics(fitted(val["score"], c["val"]),
-                                                       fitted(dev["score"], c["dev"]))["auroc"])
+        fitted = complexity.Correction.fit(val, c["val"])
+        out["as scored"].append(dev_metrics(val, dev)["auroc"])
+        out["complexity-corrected"].append(dev_metrics(fitted(val, c["val"]),
+                                                       fitted(dev, c["dev"]))["auroc"])
     return out
+
+
+def _method_params(folder: Path, method: str) -> dict:
+    return read_metrics(Run(folder)).get("methods", {}).get(method, {}).get("params") or {}
 
 
 def study_recorded(folders: Sequence[Path], method: str) -> dict[str, list[float]]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import anogan, fanogan, ganomaly, gradcon, gradscore, hybrid, latent
 from .evaluate import Standardizer
 from .latentscore import ScoreRule
-from .scorers import Images, RunSource, Scorer, entry_for, register
+from .scorers import Images, RunSource, Scorer, build, entry_for, register
 
 # ---------------------------------------------------------------------------------------------
 # GANomaly and the hybrid: |x - x_hat|
@@ -209,7 +209,7 @@ def _ensemble(source: RunSource, method: str, device: torch.device) -> Scorer:
 
     names = _parts(source, method)
     share = float(source.params(method).get("share", ensemble.SHARE))
-    parts = [entry_for(p).build(source, p, device) for p in names]
+    parts = [build(source, p, device) for p in names]
     val = {p: torch.as_tensor(source.val_scores(p), dtype=torch.float64) for p in names}
     fitted = ensemble.combination(val, share, source.params(method).get("weights"))
     weights = fitted.weights

@@ -19,7 +19,9 @@ scoring parameters its notebook used), its validation scores, its checkpoints; t
 returns a Scorer whose `run(batch, with_maps)` gives one score per image (as the notebook scored
 the same images) and, with_maps, a map per image at the network's resolution. `checkpoints`
 names the files an exported detector carries; `parts` the methods it is built from (the
-ensemble's). `anogan_guide.detector` does the rest: preparing images, thresholds, export.
+ensemble's). `build` makes a method's Scorer from its entry and applies what every method's
+notebook may record the same way (the complexity correction). `anogan_guide.detector` does the
+rest: preparing images, thresholds, export.
 """
 
 from __future__ import annotations
@@ -126,6 +128,26 @@ def entry_for(method: str) -> Entry:
     return entries[method]
 
 
+def build(source: RunSource, method: str, device: torch.device) -> Scorer:
+    """The method's Scorer, scoring as its notebook recorded: with the complexity correction
+    (`complexity.correct_tables`) where its metrics.json parameters carry the fitted line,
+    measured on the images of the scorer's first view, as the notebook measured its split's."""
+    from .complexity import Correction, png_bits_per_dim
+
+    scorer = entry_for(method).build(source, method, device)
+    correction = Correction.from_params(source.params(method))
+    if correction is None:
+        return scorer
+    view, scored = scorer.views[0], scorer.fn
+
+    def corrected(batch: Images, maps: bool):
+        scores, amap = scored(batch, maps)
+        return torch.from_numpy(correction(scores, png_bits_per_dim(batch.uint8(view)))), amap
+
+    scorer.fn = corrected
+    return scorer
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -198,4 +220,4 @@ class RunSource:
 
 
 __all__ = ["Entry", "Images", "METHOD_MODULES", "NoMap", "REGISTRY", "RunSource", "Scorer",
-           "entry_for", "register", "registry"]
+           "build", "entry_for", "register", "registry"]

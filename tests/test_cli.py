@@ -135,7 +135,9 @@ def test_resume_rescores_finished_training_with_a_new_score_time_parameter(tmp_p
     assert checkpoint.stat().st_mtime_ns == stamp  # no epoch trained
     entry = json.loads((tmp_path / "metrics.json").read_text())["methods"]["gradcon"]
     assert entry["params"]["grad_weight"] == 0.5 and entry["dev"] is not None
+    # ci.yaml records the complexity correction: the score as scored is score_raw
+    assert entry["params"]["complexity_correction"]["slope"] != 0
     with np.load(tmp_path / "scores" / "gradcon.npz") as saved:
         for part in ("val", "dev", "test"):
-            np.testing.assert_allclose(saved[f"{part}/score"], saved[f"{part}/mse"]
+            np.testing.assert_allclose(saved[f"{part}/score_raw"], saved[f"{part}/mse"]
                                        + 0.5 * saved[f"{part}/l_grad"], rtol=1e-5, atol=1e-7)

@@ -41,9 +41,6 @@ def test_the_correction_removes_what_complexity_predicts_on_validation_normals()
     # the anomalies are simpler, so the raw score misses them; corrected, their signal shows
     assert row["dev_auroc"] < 0.5 < row["dev_auroc_corrected"]
     assert row["test_spearman"] > 0.9
-    fixed = complexity.corrected_scores(saved, c)
-    assert set(fixed) == {"val", "dev", "test"}
-    np.testing.assert_allclose(fixed["val"], residual)
     with pytest.raises(ValueError, match="at least 2 validation normals"):
         complexity.Correction.fit([1.0], [2.0])
 
@@ -52,3 +49,33 @@ def test_for_scores_follows_the_test_images_a_method_scored():
     saved, c = _saved(np.random.default_rng(1), n=10)
     saved.test_indices = np.array([3, 1])
     assert complexity.for_scores(c, saved)["test"].tolist() == c["test"][[3, 1]].tolist()
+
+
+def test_a_notebook_records_the_corrected_score_and_keeps_the_score_as_scored():
+    """correct_tables: the line is fitted on the validation normals' complexity, the score as
+    scored stays as score_raw, and compare reads that one (so a corrected run is not corrected
+    twice in notebook 07 or the development study)."""
+    from anogan_guide.data import load_one_class
+
+    split = load_one_class("digits", 0, image_size=16)
+    measured = complexity.split_complexity(split)
+    g = np.random.default_rng(0)
+    tables = {part: {"score": torch.as_tensor(3 * measured[part] + g.normal(0, 0.1, len(c)))}
+              for part, c in measured.items()}
+    raw = {part: t["score"].clone() for part, t in tables.items()}
+    fitted = complexity.correct_tables(split, tables["val"], tables["test"], tables["dev"])
+    assert fitted.slope == pytest.approx(3.0, abs=0.3)
+    assert complexity.Correction.from_params({complexity.PARAM: fitted.params()}) == fitted
+    assert complexity.Correction.from_params({"grad_weight": 0.03}) is None
+    for part, table in tables.items():
+        assert torch.equal(table[complexity.RAW], raw[part])
+        np.testing.assert_allclose(table["score"], fitted(raw[part], measured[part]))
+    assert abs(np.corrcoef(tables["val"]["score"], measured["val"])[0, 1]) < 1e-6
+    saved = SavedScores(tables["val"], tables["dev"], tables["test"],
+                        np.zeros(len(split.test), dtype=int), split.test_classes.numpy(),
+                        np.arange(len(split.test)))
+    assert complexity.compare(saved, measured)["slope"] == pytest.approx(fitted.slope)
+    some = {"score": raw["test"][:5]}
+    with pytest.raises(ValueError, match="pass the test_indices it scored"):
+        complexity.correct_tables(split, {"score": raw["val"]}, some)
+    complexity.correct_tables(split, {"score": raw["val"]}, some, test_indices=np.arange(5))

@@ -205,6 +205,35 @@ def test_an_ensemble_with_rotnet_scores_and_exports_as_the_run_and_has_no_map(de
         again.anomaly_map(paths[:1])
 
 
+def test_a_recorded_complexity_correction_is_applied_to_new_images(demo, tmp_path):
+    """GradCon scored with complexity_correction=True (notebook 04): its detector, the
+    ensemble made with it and the exported file all score the files as the run recorded."""
+    from anogan_guide import complexity
+
+    run, split, files = demo
+    copy = ag.open_run(tmp_path / "run")
+    shutil.copytree(run.root, copy.root, dirs_exist_ok=True)
+    gc = gradcon.load(copy)
+    val, test, dev = (gradcon.score(gc, s, grad_weight=0.05) for s in (split.val, split.test,
+                                                                       split.dev))
+    correction = complexity.correct_tables(split, val, test, dev)
+    _finish(copy, "gradcon", split, val, test, dev, torch.arange(len(split.test)),
+            {"grad_weight": 0.05, complexity.PARAM: correction.params()})
+    ensemble.finish(copy, split, 0.3)
+    raw = evaluate.load_scores(copy, "gradcon").test
+    assert not np.allclose(raw["score"], raw[complexity.RAW])  # the correction changed it
+    for method in ("gradcon", "ensemble"):
+        detector = Detector.load(copy.root, method, device="cpu")
+        expected, indices = saved(copy, method)
+        paths = [files / f"{i:04d}.png" for i in indices]
+        assert np.allclose(detector.score(paths).score, expected, rtol=1e-6, atol=1e-9), method
+    again = Detector.load(Detector.load(copy.root, "gradcon", device="cpu").export(
+        tmp_path / "gradcon.pt"), device="cpu")
+    expected, indices = saved(copy, "gradcon")
+    assert np.allclose(again.score([files / f"{i:04d}.png" for i in indices[:50]]).score,
+                       expected[:50], rtol=1e-5, atol=1e-6)
+
+
 def test_overlays_are_saved(demo, tmp_path):
     run, _, files = demo
     detector = Detector.load(run.root, "ganomaly", device="cpu")
