@@ -96,6 +96,10 @@ class Correction:
     def __call__(self, scores, complexity) -> np.ndarray:
         return _np(scores) - (self.slope * _np(complexity) + self.intercept)
 
+    def describe(self) -> str:
+        sign = "+" if self.intercept >= 0 else "-"
+        return f"score - ({self.slope:.4g} x complexity {sign} {abs(self.intercept):.4g})"
+
     def params(self) -> dict:
         """What a method's metrics.json entry records (`from_params` reads it back)."""
         return {"slope": self.slope, "intercept": self.intercept}

@@ -218,12 +218,14 @@ def term_weight_explorer(saved, terms=None, weights=None, *, max_weight: float =
     validation normals' mean and std (as the hybrid does); the threshold again comes from the
     validation normals. `saved` is one method's `evaluate.SavedScores`; `terms` default to the
     hybrid's (l_enc, l_con, l_adv, l_grad) where present, `weights` to equal ones."""
+    from .complexity import RAW
     from .evaluate import Standardizer, evaluate
     from .plots import term_histograms
 
     if terms is None:
         hybrid_terms = [t for t in ("l_enc", "l_con", "l_adv", "l_grad") if t in saved.test]
-        terms = hybrid_terms or [t for t in saved.test if t != "score" and t in saved.val]
+        terms = hybrid_terms or [t for t in saved.test if t not in ("score", RAW)
+                                 and t in saved.val]
     missing = [t for t in terms if t not in saved.test or t not in saved.val]
     if missing or not terms:
         raise ValueError(f"terms {missing or terms} are not in the saved scores; use some of "

@@ -66,6 +66,7 @@ def test_a_notebook_records_the_corrected_score_and_keeps_the_score_as_scored():
     fitted = complexity.correct_tables(split, tables["val"], tables["test"], tables["dev"])
     assert fitted.slope == pytest.approx(3.0, abs=0.3)
     assert complexity.Correction.from_params({complexity.PARAM: fitted.params()}) == fitted
+    assert complexity.Correction(2.0, -1.5).describe() == "score - (2 x complexity - 1.5)"
     assert complexity.Correction.from_params({"grad_weight": 0.03}) is None
     for part, table in tables.items():
         assert torch.equal(table[complexity.RAW], raw[part])

@@ -119,6 +119,20 @@ def test_term_weights_one_term_alone_and_all(prepared):
         widgets.term_weight_explorer(hybrid, terms=["l_nope"])
 
 
+def test_term_weights_leave_out_the_score_as_scored_of_a_corrected_run(prepared):
+    """A run that recorded the complexity-corrected score keeps the score as scored as
+    score_raw: that is the score again, not a term to weigh."""
+    import dataclasses
+
+    _, _, saved = prepared
+    gradcon = saved["gradcon"]
+    corrected = dataclasses.replace(
+        gradcon, val={**gradcon.val, "score_raw": gradcon.val["score"]},
+        test={**gradcon.test, "score_raw": gradcon.test["score"]})
+    w = widgets.term_weight_explorer(corrected)
+    assert [c.description for c in w.children[:-1]] == ["mse"]
+
+
 def test_term_weights_start_from_the_fitted_combination(prepared):
     run, _, saved = prepared
     entry = evaluate.read_metrics(run)["methods"]["hybrid"]
