@@ -121,8 +121,9 @@ def correct_tables(split: OneClassSplit, val: dict, test: dict, dev: dict | None
     becomes the score minus the line fitted on the validation normals (complexity of the
     split's images as the method scored them), the score as scored is kept as `score_raw`.
     `test_indices`: the test images `test` scored (None: all). Returns the fitted line."""
-    indices = slice(None) if test_indices is None else np.asarray(test_indices)
-    measured = {"val": png_bits_per_dim(split.val), "test": png_bits_per_dim(split.test)[indices]}
+    test_images = split.test.images if test_indices is None else \
+        split.test.images[torch.as_tensor(np.asarray(test_indices))]
+    measured = {"val": png_bits_per_dim(split.val), "test": png_bits_per_dim(test_images)}
     if dev is not None:
         measured["dev"] = png_bits_per_dim(split.dev)
     fitted = Correction.fit(val["score"], measured["val"])
@@ -137,7 +138,8 @@ def correct_tables(split: OneClassSplit, val: dict, test: dict, dev: dict | None
     return fitted
 
 
-def _as_scored(table: dict) -> np.ndarray:
+def as_scored(table: dict):
+    """A score table's score before any recorded correction (`score_raw`, else `score`)."""
     return table.get(RAW, table["score"])
 
 
@@ -148,13 +150,13 @@ def compare(saved: SavedScores, complexity: dict[str, np.ndarray]) -> dict:
     development anomalies; None without them). Reads no test label."""
     from scipy.stats import spearmanr
 
-    val, test = _as_scored(saved.val), _as_scored(saved.test)
+    val, test = as_scored(saved.val), as_scored(saved.test)
     fitted = Correction.fit(val, complexity["val"])
     out = {"slope": fitted.slope,
            "test_spearman": float(spearmanr(test, complexity["test"]).statistic),
            "dev_auroc": None, "dev_auroc_corrected": None}
     if len(saved.dev.get("score", ())):
-        dev = _as_scored(saved.dev)
+        dev = as_scored(saved.dev)
         out["dev_auroc"] = dev_metrics(val, dev)["auroc"]
         out["dev_auroc_corrected"] = dev_metrics(fitted(val, complexity["val"]),
                                                  fitted(dev, complexity["dev"]))["auroc"]

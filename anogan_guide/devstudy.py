@@ -187,7 +187,7 @@ def study_complexity(folders: Sequence[Path], method: str, cache: dict | None = 
         if (folder, size) not in cache:
             cache[folder, size] = complexity.run_complexity(Run(folder), size)
         c = cache[folder, size]
-        val, dev = (table.get(complexity.RAW, table["score"]) for table in parts)
+        val, dev = (complexity.as_scored(table) for table in parts)
         if len(val) != len(c["val"]) or len(dev) != len(c["dev"]):
             continue  # scored a sample of the development set
         fitted = complexity.Correction.fit(val, c["val"])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -144,8 +144,7 @@ def build(source: RunSource, method: str, device: torch.device) -> Scorer:
         scores, amap = scored(batch, maps)
         return torch.from_numpy(correction(scores, png_bits_per_dim(batch.uint8(view)))), amap
 
-    scorer.fn = corrected
-    return scorer
+    return replace(scorer, fn=corrected)
 
 
 # ---------------------------------------------------------------------------------------------
