@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -188,14 +189,18 @@ def record_parameters(run: Run, notebook: str, params: dict | None,
 
 
 def record_method(run: Run, method: str, entry: dict, split: OneClassSplit | None = None) -> dict:
-    """Add or replace one method's entry in metrics.json (atomically)."""
+    """Add or replace one method's entry in metrics.json (atomically), stamped with when it was
+    made (`made`, UTC): what tells a sweep that an ensemble is older than a part made again
+    since, in a clone that holds no score files."""
     data = read_metrics(run)
     if not data and split is not None:
         data = write_split_sizes(run, split)
     missing = [k for k in METRIC_KEYS if k not in entry]
     if missing:
         raise ValueError(f"metrics entry for {method} lacks {missing}")
-    data.setdefault("methods", {})[method] = {k: entry[k] for k in METRIC_KEYS}
+    data.setdefault("methods", {})[method] = {
+        **{k: entry[k] for k in METRIC_KEYS},
+        "made": datetime.now(UTC).isoformat(timespec="microseconds")}
     write_json(run.metrics_path, data)
     return data
 

@@ -12,9 +12,10 @@ every notebook it ran and the defaults of that notebook's parameters cell (metri
 made with others (passed or default) runs again (or, with --keep-different, is kept and
 flagged), so the same command resumes an interrupted sweep and a changed parameter or default
 re-runs what it changes; a method made from others (the ensemble) runs again when one of its
-parts does, or did since (its saved scores are newer: a sweep stopped between the two). A
-training notebook the run finished with the requested values is given `resume: true`, so it
-reloads its training rather than repeating it (a GAN whose mapping was interrupted).
+parts does, or did since (a sweep stopped between the two: the part's entry in metrics.json is
+stamped later than the method's, or, for entries made before the stamps, its saved scores are
+newer). A training notebook the run finished with the requested values is given `resume: true`,
+so it reloads its training rather than repeating it (a GAN whose mapping was interrupted).
 The results files come from results.py.
 """
 
@@ -25,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -248,12 +250,22 @@ def scores_on_disk(run: SweepRun, method: str) -> bool:
     return scores_time(run, method) is not None
 
 
-def made_before_its_parts(run: SweepRun, method: str, parts: Sequence[str]) -> bool:
-    """Whether the run folder's saved scores of `method` are older than those of one of the
-    methods it is made from, or absent beside them: a part made again by a sweep that stopped
-    before the method's own notebook, whose entry still mixes the part's old scores."""
-    own = scores_time(run, method)
-    return any((t := scores_time(run, part)) is not None and (own is None or t > own)
+def made_time(data: dict, run: SweepRun, method: str) -> float | None:
+    """When the method was last made: the `made` stamps of its metrics entries, which every
+    clone has; for entries made before they were stamped, when its saved scores were written
+    (None: neither is there)."""
+    entries = [e for name, e in data.get("methods", {}).items() if name in METHOD_ENTRIES[method]]
+    if entries and all("made" in e for e in entries):
+        return max(datetime.fromisoformat(e["made"]).timestamp() for e in entries)
+    return scores_time(run, method)
+
+
+def made_before_its_parts(data: dict, run: SweepRun, method: str, parts: Sequence[str]) -> bool:
+    """Whether `method` was made before one of the methods it is made from (or is not there
+    beside them): a part made again by a sweep that stopped before the method's own notebook,
+    whose entry still mixes the part's old scores."""
+    own = made_time(data, run, method)
+    return any((t := made_time(data, run, part)) is not None and (own is None or t > own)
                for part in parts)
 
 
@@ -301,7 +313,7 @@ def plan_tasks(runs: Sequence[SweepRun], methods: Sequence[str],
         needs = {m: method_needs(m, requested) for m in methods}
         todo += [m for m in methods if m not in todo  # made from a method that runs again
                  and (any(need in todo for need in needs[m])  # or ran since
-                      or made_before_its_parts(run, m, needs[m]))]
+                      or made_before_its_parts(data, run, m, needs[m]))]
         todo += [need for need in methods if need not in todo  # a part whose scores are gone
                  and any(need in needs[m] for m in todo)
                  and not scores_on_disk(run, need)]

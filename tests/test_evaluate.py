@@ -64,7 +64,7 @@ def test_metrics_json_entries_and_scores(tmp_path):
     assert data["n_train"] == len(split.train) and "demo-method" in data["methods"]
     assert set(data["methods"]["demo-method"]) == {
         "auroc", "auprc", "f1", "threshold", "dev", "train_seconds", "score_seconds",
-        "score_images_per_second", "params"}
+        "score_images_per_second", "params", "made"}
     saved = load_scores(run, "demo-method")
     assert np.allclose(saved.test["part"], noise.numpy()) and len(saved.val["score"]) == 12
     assert np.allclose(saved.dev["part"], 1.0) and len(saved.dev["score"]) == len(split.dev)

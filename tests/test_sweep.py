@@ -200,6 +200,40 @@ def test_an_ensemble_older_than_a_part_made_again_since_runs_again(tmp_path):
         ["00_data_prep", "06_ensemble"]
 
 
+def test_an_ensemble_older_than_a_part_runs_again_in_a_clone_without_scores(tmp_path):
+    """The same in a fresh clone (metrics.json, no score files): the entries' `made` stamps say
+    GANomaly was made after the ensemble, so the ensemble runs again, with the parts whose
+    scores it needs; stamped the other way round, the run is skipped."""
+    out, plan = tmp_path / "sw", _plan()
+    run, methods = _finished_ensemble_run(out, plan)
+    for method in methods:
+        (Run(run.folder).scores / f"{method}.npz").unlink()
+    data = evaluate.read_metrics(Run(run.folder))
+    stamps = {"gradcon": "2026-12-01T10:00:00+00:00", "ensemble": "2026-12-01T11:00:00+00:00",
+              "ganomaly": "2026-12-01T12:00:00+00:00"}
+    for method, made in stamps.items():
+        data["methods"][method]["made"] = made
+    write_json(Run(run.folder).metrics_path, data)
+    sweep.sweep("digits", [0], [0], methods, out, plan=plan, engine=_recording_engine(calls := []),
+                echo=lambda m: None)
+    assert [a for a in calls[0].args if not a.startswith("-")][:4] == \
+        ["00_data_prep", "03_ganomaly", "04_gradcon", "06_ensemble"]
+    data["methods"]["ganomaly"]["made"] = "2026-12-01T09:00:00+00:00"
+    write_json(Run(run.folder).metrics_path, data)
+    assert sweep.sweep("digits", [0], [0], methods, out, plan=plan,
+                       engine=_recording_engine([]), echo=lambda m: None).skipped == 1
+
+
+def test_every_entry_is_stamped_when_it_is_made(tmp_path):
+    run = Run(tmp_path / "run")
+    run.root.mkdir()
+    _fake_metrics(run.root, "digits", 0, 0, {})
+    entry = {k: 0.5 for k in evaluate.METRIC_KEYS}
+    first = evaluate.record_method(run, "gradcon", entry)["methods"]["gradcon"]["made"]
+    again = evaluate.record_method(run, "gradcon", entry)["methods"]["gradcon"]["made"]
+    assert first < again and again.endswith("+00:00")
+
+
 def _fake_scores(folder: Path, *methods: str) -> None:
     for method in methods:
         (Run(folder).scores).mkdir(parents=True, exist_ok=True)
