@@ -192,13 +192,18 @@ def _compared(data: dict, stem: str, requested: dict[str, dict],
     return effective(passed, recorded_defaults), effective(requested[stem], now)
 
 
+def recorded_entries(data: dict, method: str) -> list[dict]:
+    """The method's entries in a metrics.json dict (METHOD_ENTRIES: AnoGAN's GAN or WGAN-GP)."""
+    return [e for name, e in data.get("methods", {}).items() if name in METHOD_ENTRIES[method]]
+
+
 def method_status(data: dict, run: SweepRun, method: str, requested: dict[str, dict],
                   defaults: Mapping[str, dict] | None = None) -> str:
     """"missing" (no entry; one whose notebooks' parameters are not all recorded: its run was
     interrupted, or made before runs recorded them; one without development figures),
     "different" (made with other parameters than `requested`, the resolved parameters per
     notebook, over `defaults`, each notebook's parameters-cell defaults now) or "same"."""
-    entries = [e for name, e in data.get("methods", {}).items() if name in METHOD_ENTRIES[method]]
+    entries = recorded_entries(data, method)
     if not split_matches(run, data) or not entries or any("dev" not in e for e in entries):
         return "missing"  # (an entry without development figures predates them)
     recorded = data.get("parameters", {})
@@ -254,7 +259,7 @@ def made_time(data: dict, run: SweepRun, method: str) -> float | None:
     """When the method was last made: the `made` stamps of its metrics entries, which every
     clone has; for entries made before they were stamped, when its saved scores were written
     (None: neither is there)."""
-    entries = [e for name, e in data.get("methods", {}).items() if name in METHOD_ENTRIES[method]]
+    entries = recorded_entries(data, method)
     if entries and all("made" in e for e in entries):
         return max(datetime.fromisoformat(e["made"]).timestamp() for e in entries)
     return scores_time(run, method)
