@@ -7,6 +7,7 @@ and 0/1 labels, so no plot special-cases a method.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -235,5 +236,28 @@ def term_scatter(x, y, labels, *, xlabel: str, ylabel: str, title: str = "") -> 
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title} (Spearman {spearmanr(x, y).statistic:+.2f})".strip(), fontsize=9)
     ax.legend(fontsize=8, markerscale=3)
+    fig.tight_layout()
+    return fig
+
+
+def training_grids(train_img, method: str, *, first: bool = False) -> Figure:
+    """The grid the training loop saved for `method`'s last epoch in the folder `train_img`
+    (and for its first, with `first`), each titled with its file name. A run folder given its
+    checkpoints without their grids (copied by hand) has none: the figure says so."""
+    grids = sorted(Path(train_img).glob(f"{method}_epoch*.png"))
+    chosen = list(dict.fromkeys(grids[:1] + grids[-1:])) if first else grids[-1:]
+    if not chosen:
+        fig, ax = plt.subplots(figsize=(6, 0.8))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no {method}_epoch*.png in {train_img}: the training grids were not "
+                f"saved with these checkpoints", ha="center", va="center", fontsize=9)
+        return fig
+    images = [plt.imread(path) for path in chosen]
+    fig, axes = panel_grid(len(images), width=6.0, height=6.0 * images[0].shape[0]
+                           / images[0].shape[1] + 0.4, max_columns=2)
+    for ax, path, image in zip(axes, chosen, images, strict=True):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(path.stem, fontsize=9)
+        ax.axis("off")
     fig.tight_layout()
     return fig
