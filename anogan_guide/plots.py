@@ -244,7 +244,10 @@ def training_grids(train_img, method: str, *, first: bool = False) -> Figure:
     """The grid the training loop saved for `method`'s last epoch in the folder `train_img`
     (and for its first, with `first`), each titled with its file name. A run folder given its
     checkpoints without their grids (copied by hand) has none: the figure says so."""
-    grids = sorted(Path(train_img).glob(f"{method}_epoch*.png"))
+    prefix = f"{method}_epoch"  # the training loop's names: ganomaly_epoch015.png, ...
+    grids = sorted((p for p in Path(train_img).glob(f"{prefix}*.png")
+                    if p.stem[len(prefix):].isdigit()),
+                   key=lambda p: int(p.stem[len(prefix):]))  # by epoch: 999 before 1000
     chosen = list(dict.fromkeys(grids[:1] + grids[-1:])) if first else grids[-1:]
     if not chosen:
         fig, ax = plt.subplots(figsize=(6, 0.8))
