@@ -7,12 +7,13 @@ and 0/1 labels, so no plot special-cases a method.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from .runs import epoch_grids
 
 
 def _np(values) -> np.ndarray:
@@ -244,10 +245,7 @@ def training_grids(train_img, method: str, *, first: bool = False) -> Figure:
     """The grid the training loop saved for `method`'s last epoch in the folder `train_img`
     (and for its first, with `first`), each titled with its file name. A run folder given its
     checkpoints without their grids (copied by hand) has none: the figure says so."""
-    prefix = f"{method}_epoch"  # the training loop's names: ganomaly_epoch015.png, ...
-    grids = sorted((p for p in Path(train_img).glob(f"{prefix}*.png")
-                    if p.stem[len(prefix):].isdigit()),
-                   key=lambda p: int(p.stem[len(prefix):]))  # by epoch: 999 before 1000
+    grids = epoch_grids(train_img, method)
     chosen = list(dict.fromkeys(grids[:1] + grids[-1:])) if first else grids[-1:]
     if not chosen:
         fig, ax = plt.subplots(figsize=(6, 0.8))

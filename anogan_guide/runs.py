@@ -180,6 +180,18 @@ class Run:
         """model_saves/{method}_{which}.pt, e.g. anogan_last.pt or ganomaly_best.pt."""
         return self.model_saves / f"{method}_{which}.pt"
 
+    def epoch_grid(self, method: str, epoch: int) -> Path:
+        """train_img/{method}_epoch{epoch:03d}.png: the image grid saved after an epoch."""
+        return self.train_img / f"{method}_epoch{epoch:03d}.png"
+
+
+def epoch_grids(train_img: str | Path, method: str) -> list[Path]:
+    """The grids Run.epoch_grid names for `method` in the folder `train_img`, by epoch (999
+    before 1000)."""
+    prefix = f"{method}_epoch"
+    grids = [p for p in Path(train_img).glob(f"{prefix}*.png") if p.stem[len(prefix):].isdigit()]
+    return sorted(grids, key=lambda p: int(p.stem[len(prefix):]))
+
 
 def open_run(run_dir: str | Path | None = None) -> Run:
     """Create (if needed) and return the run folder; "" or None means the repository root."""

@@ -156,7 +156,7 @@ class TrainingLoop:
                                          f"epoch {epoch}; the last good checkpoint stays.")
             self.epoch_history.setdefault("val_loss", []).append(float(val_loss))
         if images is not None:
-            save_image_grid(images, self.run.train_img / f"{self.method}_epoch{epoch:03d}.png",
+            save_image_grid(images, self.run.epoch_grid(self.method, epoch),
                             value_range=value_range, nrow=nrow)
         is_best = val_loss is None or val_loss < self.best_value
         if is_best:

@@ -8,7 +8,7 @@ import torch
 
 import anogan_guide as ag
 from anogan_guide import evaluate, plots, widgets
-from anogan_guide.runs import save_image_grid
+from anogan_guide.runs import open_run, save_image_grid
 
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255)}
 
@@ -66,15 +66,16 @@ def test_saved_grids_are_rgb_pngs(rgb_split, tmp_path):
 
 def test_training_grids_show_the_last_epochs_grid_or_say_none_was_saved(rgb_split, tmp_path):
     test = rgb_split.test.in_range(-1, 1).tensors()
+    run = open_run(tmp_path)
     for epoch in (1, 2, 10, 999, 1000):  # GradCon's published 1,000 epochs pass 3 digits
-        save_image_grid(test, tmp_path / f"ganomaly_epoch{epoch:03d}.png", value_range=(-1, 1))
-    titles = [ax.get_title() for ax in plots.training_grids(tmp_path, "ganomaly").axes]
+        save_image_grid(test, run.epoch_grid("ganomaly", epoch), value_range=(-1, 1))
+    titles = [ax.get_title() for ax in plots.training_grids(run.train_img, "ganomaly").axes]
     assert titles == ["ganomaly_epoch1000"]
-    fig = plots.training_grids(tmp_path, "ganomaly", first=True)
+    fig = plots.training_grids(run.train_img, "ganomaly", first=True)
     assert [ax.get_title() for ax in fig.axes] == ["ganomaly_epoch001", "ganomaly_epoch1000"]
     shown = fig.axes[0].get_images()[0].get_array()
     assert shown.shape[2] == 3 and tuple(np.round(shown[18, 18] * 255)) == COLOURS["blue"]
-    none = plots.training_grids(tmp_path, "gradcon")  # checkpoints copied without their grids
+    none = plots.training_grids(run.train_img, "gradcon")  # checkpoints copied without their grids
     assert "no gradcon_epoch*.png" in none.axes[0].texts[0].get_text()
     matplotlib.pyplot.close("all")
 
