@@ -48,9 +48,11 @@ METHOD_NOTEBOOKS: dict[str, tuple[str, ...]] = {
 METHOD_NEEDS: dict[str, tuple[str, ...]] = {"ensemble": ("ganomaly", "gradcon")}
 # method -> (its notebook, the parameter naming the methods it is made from, when given)
 NEEDS_PARAMETER: dict[str, tuple[str, str]] = {"ensemble": ("06_ensemble", "parts")}
-# method -> the metrics.json entries that count as "done" (02 names AnoGAN after its GAN loss)
+# method -> its metrics.json entries (02 names AnoGAN's after its GAN loss and records the
+# f-AnoGAN encoder's beside the search's)
 METHOD_ENTRIES: dict[str, tuple[str, ...]] = {
-    "anogan": ("anogan", "anogan-wgangp"),
+    "anogan": ("anogan", "anogan-wgangp", "fanogan", "fanogan-refine", "fanogan-wgangp",
+               "fanogan-wgangp-refine"),
     "ganomaly": ("ganomaly",),
     "gradcon": ("gradcon",),
     "hybrid": ("hybrid",),
@@ -193,7 +195,7 @@ def _compared(data: dict, stem: str, requested: dict[str, dict],
 
 
 def recorded_entries(data: dict, method: str) -> list[dict]:
-    """The method's entries in a metrics.json dict (METHOD_ENTRIES: AnoGAN's GAN or WGAN-GP)."""
+    """The method's entries in a metrics.json dict (METHOD_ENTRIES)."""
     return [e for name, e in data.get("methods", {}).items() if name in METHOD_ENTRIES[method]]
 
 

@@ -29,6 +29,20 @@ def test_a_reproduced_row_passes_and_a_different_one_is_named(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_the_f_anogan_entries_are_compared_as_anogan_with_its_notebooks_parameters(tmp_path,
+                                                                                    capsys):
+    committed, new = tmp_path / "results", tmp_path / "new"
+    for folder, terms in ((committed, "anogan"), (new, "l_rot")):
+        run = folder / "folder" / "classcat_seed0"
+        write_json(run / "metrics.json", {
+            "methods": {m: {"auroc": 0.7, "dev": {"auroc": 0.7}} for m in ("anogan", "fanogan")},
+            "parameters": {"02_latent_mapping": {"score_terms": terms, "run_dir": str(run)}}})
+    assert cli.main(["compare", str(new), str(committed), "--methods", "anogan"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 within 0.01" in out
+    assert out.count("02_latent_mapping score_terms anogan -> l_rot") == 2
+
+
 def test_nothing_to_compare_says_what_to_give(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["compare", str(tmp_path / "empty"), str(tmp_path)]) == 2
