@@ -24,28 +24,11 @@ import torch.nn.functional as F
 from . import rothead
 from .data import OneClassSplit
 from .latent import LAMBDA, MAP_LR, VALUE_RANGE, initial_latents, map_latent
+from .latentnames import GAN_LOSSES, gan_method
+from .latentnames import check_choice as _check_choice
 from .nets import Discriminator, Generator
 from .runs import Run, config_from_dict, read_checkpoint
 from .training import TrainingLoop, load_trained, total_train_seconds
-
-GAN_LOSSES = ("bce", "wgan-gp")
-
-
-def gan_method(gan_loss: str) -> str:
-    """The method name (checkpoints, metrics.json): "anogan" or "anogan-wgangp"."""
-    _check_choice("gan_loss", gan_loss, GAN_LOSSES)
-    return "anogan" if gan_loss == "bce" else "anogan-wgangp"
-
-
-def encoder_method(gan_loss: str) -> str:
-    """The f-AnoGAN encoder's method name: "fanogan" or "fanogan-wgangp"."""
-    return "f" + gan_method(gan_loss)
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} {value!r} is not known; use one of {', '.join(choices)}")
-
 
 # ---------------------------------------------------------------------------------------------
 # Configuration

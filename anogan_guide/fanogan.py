@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .anogan import TrainedGAN, encoder_method, load
+from .anogan import TrainedGAN, load
 from .data import OneClassSplit
 from .latent import VALUE_RANGE, FrozenGAN
+from .latentnames import encoder_method
 from .nets import ConvEncoder, dcgan_init
 from .runs import Run, config_from_dict, read_checkpoint
 from .training import TrainingLoop, load_trained, total_train_seconds

@@ -12,20 +12,28 @@ Several terms are each standardised with the validation normals' mean and standa
 summed with weights fixed beforehand (`fusion.fit_combination`, weighting `fixed`), as GANomaly's
 `score_terms` / `score_weights` combine its terms; one term alone is the score as it is. No test
 image is read.
+
+Which images a method's entry covers (`entry_tables`): the search costs `iterations` passes per
+image, so notebook 02 maps a seeded sample of the test and development images (`MappingImages`,
+`max_test_images`). A rule of the head's terms alone (`l_rot`) reads no mapping: one forward pass
+of the discriminator scores every test and development image, and the entry covers them all.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-from . import scorerule
+from . import latent, scorerule
+from .data import OneClassSplit, stratified_sample, subsample_test
 from .fusion import Combination, fit_combination
 from .latent import PUBLISHED
 
 SCORE_TERMS = (PUBLISHED, "residual", "discrimination", "l_rot")  # what the score may combine
+HEAD_TERMS = ("l_rot",)  # the terms one forward pass of the discriminator gives: no search
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,23 @@ class ScoreRule:
         score = full[self.terms[0]].clone() if self.combination is None else self.combination(full)
         return {**full, "score": score}
 
+    @property
+    def needs_mapping(self) -> bool:
+        """Whether the score reads the latent mapping (False: the rotation head's terms alone)."""
+        return any(term not in HEAD_TERMS for term in self.terms)
+
+    def on_head(self, head: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The score table of the rotation head's terms alone (`latent.head_terms`), for a rule
+        that needs no mapping."""
+        if self.needs_mapping:
+            raise ValueError(f"the score {self.describe()} reads the latent mapping; map the "
+                             f"images first (latent.map_images) and use rule(map.table())")
+        if not head:
+            raise ValueError(f"the score {self.describe()} needs the rotation head, but this "
+                             f"GAN's discriminator has none; train it with -p w_rot 1 (notebook 01)")
+        score = head[self.terms[0]].clone() if self.combination is None else self.combination(head)
+        return {**head, "score": score}
+
     def describe(self) -> str:
         return self.combination.describe() if self.combination else self.terms[0]
 
@@ -95,3 +120,72 @@ class ScoreRule:
 def _with_published(table: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The table with the term "anogan" (a table made without the head has it as its score)."""
     return {**table, PUBLISHED: table.get(PUBLISHED, table["score"])}
+
+
+@dataclass(frozen=True)
+class MappingImages:
+    """The images notebook 02 scores, in [-1, 1]: the validation normals, the whole test set and
+    development set, and the seeded, class-stratified samples of them the search maps."""
+
+    val: torch.Tensor
+    test: torch.Tensor
+    test_indices: torch.Tensor  # the search's test sample
+    dev: torch.Tensor | None  # None: the split has no development anomalies
+    dev_indices: torch.Tensor | None
+
+    @classmethod
+    def of(cls, split: OneClassSplit, max_test_images: int = 0, seed: int = 0) -> MappingImages:
+        """The split's images with samples of `max_test_images` each (0: every image)."""
+        dev = split.dev.in_range(*latent.VALUE_RANGE).tensors() if split.has_dev else None
+        return cls(split.val.in_range(*latent.VALUE_RANGE).tensors(),
+                   split.test.in_range(*latent.VALUE_RANGE).tensors(),
+                   subsample_test(split, max_test_images, seed=seed), dev,
+                   stratified_sample(split.dev_classes, max_test_images, seed=seed)
+                   if split.has_dev else None)
+
+    def whole(self) -> MappingImages:
+        """The same images with every one in the samples (a mapping cheap enough for all)."""
+        every = None if self.dev is None else torch.arange(len(self.dev))
+        return MappingImages(self.val, self.test, torch.arange(len(self.test)), self.dev, every)
+
+    @property
+    def test_sample(self) -> torch.Tensor:
+        return self.test[self.test_indices]
+
+    @property
+    def dev_sample(self) -> torch.Tensor | None:
+        return None if self.dev is None else self.dev[self.dev_indices]
+
+
+@dataclass(frozen=True)
+class EntryTables:
+    """A method's validation, test and development score tables for `evaluate.finish_method`,
+    the test images its test table covers, and the seconds scoring took."""
+
+    val: dict[str, torch.Tensor]
+    test: dict[str, torch.Tensor]
+    dev: dict[str, torch.Tensor] | None
+    test_indices: torch.Tensor
+    seconds: float
+
+
+def entry_tables(rule: ScoreRule, model, images: MappingImages, val_map: latent.LatentMap,
+                 test_map: latent.LatentMap, map_seconds: float, **mapping) -> EntryTables:
+    """The tables of a method's entry. A rule that reads the mapping scores the maps already made
+    (`val_map` of images.val, `test_map` of images.test_sample, in `map_seconds`) and maps the
+    development sample with `mapping` (`latent.map_images`' keywords); a rule of the head's terms
+    alone needs no search and scores every test and development image with one forward pass of
+    the discriminator (the maps then only serve the notebook's figures)."""
+    start = time.perf_counter()
+    if rule.needs_mapping:
+        dev_images = images.dev_sample
+        dev = None if dev_images is None else latent.map_images(model, dev_images,
+                                                               **mapping).table(rule)
+        return EntryTables(val_map.table(rule), test_map.table(rule), dev, images.test_indices,
+                           map_seconds + time.perf_counter() - start)
+    gan = getattr(model, "gan", model)  # an f-AnoGAN encoder's GAN, or the GAN itself
+    batch_size = mapping.get("batch_size", 256)
+    val, test, dev = (None if x is None else rule.on_head(latent.head_terms(gan, x, batch_size))
+                      for x in (images.val, images.test, images.dev))
+    return EntryTables(val, test, dev, torch.arange(len(images.test)),
+                       time.perf_counter() - start)

@@ -4,7 +4,8 @@ notebook scored, with the parameters the notebook recorded in metrics.json, and 
 
 * GANomaly and the hybrid: |x - x_hat|, the mean over channels;
 * AnoGAN / f-AnoGAN: |x - G(z)| with z from the method's mapping (the score: the mapping score,
-  or its recorded combination with the rotation head's l_rot, `latentscore.ScoreRule`);
+  or its recorded combination with the rotation head's l_rot, `latentscore.ScoreRule`; l_rot
+  alone is one forward pass of the head, and the search runs only for the maps);
 * GradCon: its reconstruction error (x - x_hat)^2 per pixel, the MSE term of its score; its
   gradient term is a property of the decoder's weights and has no pixel map;
 * the ensemble: its parts' maps, each standardised with the mean and standard deviation of its
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import anogan, fanogan, ganomaly, gradcon, gradscore, hybrid, latent
+from . import anogan, fanogan, ganomaly, gradcon, gradscore, hybrid, latent, latentnames
 from .evaluate import Standardizer
 from .latentscore import ScoreRule
 from .scorers import Images, RunSource, Scorer, build, entry_for, register
@@ -117,9 +118,9 @@ def _gan_loss(source: RunSource, method: str) -> str:
 
 def _latent_checkpoints(source: RunSource, method: str) -> tuple[str, ...]:
     gan_loss = _gan_loss(source, method)
-    names = (anogan.gan_method(gan_loss) + "_best",)
+    names = (latentnames.gan_method(gan_loss) + "_best",)
     if method.startswith("fanogan"):
-        names += (anogan.encoder_method(gan_loss) + "_best",)
+        names += (latentnames.encoder_method(gan_loss) + "_best",)
     return names
 
 
@@ -135,8 +136,7 @@ def seeded_latents(start: int, n: int, latent_dim: int, seed: int) -> torch.Tens
     return out
 
 
-@register("anogan", "anogan-wgangp", "fanogan", "fanogan-refine", "fanogan-wgangp",
-          "fanogan-wgangp-refine", checkpoints=_latent_checkpoints)
+@register(*latentnames.ENTRIES, checkpoints=_latent_checkpoints)
 def _latent(source: RunSource, method: str, device: torch.device) -> Scorer:
     params = source.params(method)
     gan_loss = _gan_loss(source, method)
@@ -145,7 +145,7 @@ def _latent(source: RunSource, method: str, device: torch.device) -> Scorer:
     model = (anogan.load(source.run, device, gan_loss=gan_loss) if mapping == "iterative"
              else fanogan.load_encoder(source.run, device, gan_loss=gan_loss))
     gan = model if mapping == "iterative" else model.gan
-    view = source.view(anogan.gan_method(gan_loss) + "_best")
+    view = source.view(latentnames.gan_method(gan_loss) + "_best")
     seed = int(source.metrics.get("seed", 0))
     kw = dict(lr=float(params.get("lr", latent.MAP_LR)), lam=float(params.get("lam", latent.LAMBDA)),
               seed=seed, progress_bar=False)
@@ -154,6 +154,8 @@ def _latent(source: RunSource, method: str, device: torch.device) -> Scorer:
 
     def fn(batch: Images, maps: bool):
         x = batch.images(view, latent.VALUE_RANGE)
+        if not maps and not rule.needs_mapping:  # l_rot alone: the head, no search (notebook 02)
+            return rule.on_head(latent.head_terms(gan, x, len(x)))["score"], None
         z0 = (seeded_latents(batch.offset, len(x), gan.config.latent_dim, seed)
               if mapping == "iterative" else None)
         result = latent.map_images(model, x, mapping=mapping, iterations=iterations,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from . import latentnames
 from .engines import Outcome, Task, run_local
 from .evaluate import read_metrics
 from .runs import Run, atomic_path, progress
@@ -51,8 +52,7 @@ NEEDS_PARAMETER: dict[str, tuple[str, str]] = {"ensemble": ("06_ensemble", "part
 # method -> its metrics.json entries (02 names AnoGAN's after its GAN loss and records the
 # f-AnoGAN encoder's beside the search's)
 METHOD_ENTRIES: dict[str, tuple[str, ...]] = {
-    "anogan": ("anogan", "anogan-wgangp", "fanogan", "fanogan-refine", "fanogan-wgangp",
-               "fanogan-wgangp-refine"),
+    "anogan": latentnames.ENTRIES,
     "ganomaly": ("ganomaly",),
     "gradcon": ("gradcon",),
     "hybrid": ("hybrid",),

@@ -6,6 +6,7 @@ did. Tiny: digits at 16x16, a few steps."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import anogan_guide as ag
 from anogan_guide import anogan, evaluate, fanogan, latent, rotation, rothead, sources
 from anogan_guide.detector import Detector
 from anogan_guide.evaluate import Standardizer
-from anogan_guide.latentscore import ScoreRule
+from anogan_guide.latentscore import MappingImages, ScoreRule, entry_tables
 
 # the published DCGAN discriminator's state dict at 16x16 (two stride-2 blocks), as checkpoints
 # made before the head existed hold it
@@ -264,3 +265,53 @@ def test_the_detector_scores_a_head_run_as_the_notebook(head_demo, tmp_path, met
     detector.export(tmp_path / "head.pt")  # the rule travels in the method's parameters
     exported = Detector.load(tmp_path / "head.pt", device="cpu")
     assert np.array_equal(exported.score(paths).score, saved.test["score"])
+
+
+# ---------------------------------------------------------------------------------------------
+# l_rot alone needs no search: its entry covers every test image
+
+
+def _entry(gan, images, terms, weights="1"):
+    mapping = dict(iterations=2, lr=0.01, lam=0.1, batch_size=32, seed=0, progress_bar=False)
+    val_map = latent.map_images(gan, images.val, **mapping)
+    test_map = latent.map_images(gan, images.test_sample, **mapping)
+    rule = ScoreRule.fit(val_map.table(), terms, weights)
+    return rule, test_map, entry_tables(rule, gan, images, val_map, test_map, 1.0, **mapping)
+
+
+def test_a_head_score_covers_every_image_and_a_mapping_score_the_sample(split, head_run):
+    _, _, gan = head_run
+    images = MappingImages.of(split, 40, seed=0)
+    assert len(images.test_indices) == 40 and len(images.dev_sample) == 40
+    rule, test_map, head = _entry(gan, images, "l_rot")
+    assert not rule.needs_mapping
+    assert torch.equal(head.test_indices, torch.arange(len(split.test)))
+    assert len(head.dev["score"]) == len(split.dev) and len(head.val["score"]) == len(split.val)
+    # the head's score of an image is the one the search's table holds for it: no mapping enters
+    assert torch.allclose(head.test["score"][images.test_indices], test_map.table()["l_rot"])
+    rule, test_map, both = _entry(gan, images, "anogan,l_rot", "1,2")
+    assert rule.needs_mapping and torch.equal(both.test_indices, images.test_indices)
+    assert len(both.dev["score"]) == 40 and both.seconds > 1.0
+    assert torch.equal(both.test["score"], test_map.table(rule)["score"])
+    with pytest.raises(ValueError, match="reads the latent mapping; map the images first"):
+        rule.on_head(head.test)
+
+
+def test_the_detector_scores_a_head_score_without_the_search(split, head_run, tmp_path):
+    run_dir, _, gan = head_run
+    run = ag.open_run(tmp_path / "copy")
+    shutil.copytree(run_dir.model_saves, run.model_saves, dirs_exist_ok=True)
+    loaded = ag.load_split(run, dataset="digits", normal_class=0, image_size=16)
+    _, _, head = _entry(gan, MappingImages.of(loaded, 40, seed=0), "l_rot")
+    evaluate.finish_method(run, "anogan", loaded, head.val, head.test, dev=head.dev,
+                           test_indices=head.test_indices, train_seconds=0.0, score_seconds=1.0,
+                           params={"iterations": 2, "lr": 0.01, "lam": 0.1, "batch_size": 32,
+                                   "gan_loss": "bce", "mapping": "iterative", "score_terms":
+                                   "l_rot"})
+    _, _, test_images, _, _, _, _ = sources.digits()
+    paths = []
+    for i, image in enumerate(test_images):
+        paths.append(tmp_path / f"{i:04d}.png")
+        Image.fromarray(image[0].numpy()).save(paths[-1])
+    scored = Detector.load(run.root, "anogan", device="cpu").score(paths)
+    assert np.allclose(scored.score, head.test["score"].numpy(), rtol=1e-5)
