@@ -205,6 +205,21 @@ def record_method(run: Run, method: str, entry: dict, split: OneClassSplit | Non
     return data
 
 
+def forget_methods(run: Run, methods: list[str]) -> list[str]:
+    """Remove methods' entries from metrics.json (atomically) and their saved scores: a notebook
+    that no longer makes them (e.g. 02 with `fast_mappings` off) leaves no entry from an earlier
+    execution, made with other parameters, beside its own. Returns the methods removed."""
+    data = read_metrics(run)
+    gone = [m for m in methods if m in data.get("methods", {})]
+    for method in gone:
+        del data["methods"][method]
+    if gone:
+        write_json(run.metrics_path, data)
+    for method in methods:
+        (run.scores / f"{method}.npz").unlink(missing_ok=True)
+    return gone
+
+
 def finish_method(run: Run, method: str, split: OneClassSplit, val: ScoreTable, test: ScoreTable,
                   *, dev: ScoreTable | None, test_indices: torch.Tensor, train_seconds: float,
                   score_seconds: float, params: dict) -> dict:

@@ -11,6 +11,7 @@ from anogan_guide.evaluate import (
     Standardizer,
     evaluate,
     finish_method,
+    forget_methods,
     load_scores,
     metrics_table,
     read_metrics,
@@ -69,6 +70,13 @@ def test_metrics_json_entries_and_scores(tmp_path):
     assert np.allclose(saved.test["part"], noise.numpy()) and len(saved.val["score"]) == 12
     assert np.allclose(saved.dev["part"], 1.0) and len(saved.dev["score"]) == len(split.dev)
     assert "demo-method" in metrics_table(data)
+    # a method a notebook no longer makes: its entry and scores go, the rest stays
+    finish_method(run, "other-method", split, val, test, dev=dev, test_indices=idx,
+                  train_seconds=1.0, score_seconds=0.5, params={})
+    assert forget_methods(run, ["other-method", "never-made"]) == ["other-method"]
+    assert list(read_metrics(run)["methods"]) == ["demo-method"]
+    assert not (run.scores / "other-method.npz").exists()
+    assert (run.scores / "demo-method.npz").exists()
     # the data notebook run again (the same split) keeps every notebook's record, defaults too
     record_parameters(run, "03_demo", {"epochs": 1}, {"epochs": 20})
     write_split_sizes(run, split)
