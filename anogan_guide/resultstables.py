@@ -162,6 +162,13 @@ def mean_over_classes(col: Column, classes: Sequence[str], part: str = "test") -
     return float(np.mean(means)) if means else None
 
 
+def coverage(col: Column, classes: Sequence[str]) -> str:
+    """" (k of n classes)" when the column lacks some of the table's classes (a sweep still
+    running: its mean is over the classes it has), else ""."""
+    have = sum(bool(col.test.get(c)) for c in classes)
+    return f" ({have} of {len(classes)} classes)" if have < len(classes) else ""
+
+
 def published(page: Page, dataset: str, classes: Sequence[str]) -> list[dict]:
     """The published figures for the page's classes: name, per-class values (None where the
     paper gives none), the mean over these classes (or the paper's mean) and the protocol."""
@@ -201,7 +208,8 @@ def page_table(classes: Sequence[str], cols: Sequence[Column], pub: Sequence[dic
     for col in cols:
         test, dev = mean_over_classes(col, classes), mean_over_classes(col, classes, "dev")
         means.append("–" if test is None else f"**{test:.4f}**" + (f" ({dev:.4f})" if dev is not
-                                                                    None else ""))
+                                                                    None else "")
+                     + coverage(col, classes))
     lines.append("| **mean** | " + " | ".join(means + [f"{p['mean']:.3f}" for p in pub]) + " |")
     seeds = sorted({s for col in cols for v in col.seeds.values() for s in v})
     if len(seeds) > 1:
@@ -209,7 +217,7 @@ def page_table(classes: Sequence[str], cols: Sequence[Column], pub: Sequence[dic
         for col in cols:
             m = [np.mean([v for c in classes for v, s in zip(col.test.get(c, []), col.seeds.get(
                 c, []), strict=True) if s == seed] or [np.nan]) for seed in seeds]
-            per_seed.append(" / ".join(f"{x:.4f}" for x in m))
+            per_seed.append(" / ".join("–" if np.isnan(x) else f"{x:.4f}" for x in m))
         lines.append(f"| mean per seed ({' / '.join(map(str, seeds))}) | "
                      + " | ".join(per_seed + [""] * len(pub)) + " |")
     times = [f"{min(col.train_seconds):.0f}-{max(col.train_seconds):.0f}" if col.train_seconds
@@ -234,7 +242,7 @@ def summary_table(root: Path = ROOT, pages: Sequence[Page] = PAGES) -> str:
         for _, classes, cols, _ in by_page:
             col = next((c for c in cols if c.method == m), None)
             mean = mean_over_classes(col, classes) if col else None
-            cells.append(f"{mean:.3f}" if mean is not None else "")
+            cells.append(f"{mean:.3f}{coverage(col, classes)}" if mean is not None else "")
         lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
     names = list(dict.fromkeys(p["name"] for *_, pub in by_page for p in pub))
     for name in names:
@@ -246,5 +254,6 @@ def summary_table(root: Path = ROOT, pages: Sequence[Page] = PAGES) -> str:
         lines.append(f"| {published_label(name)} | " + " | ".join(cells) + " |")
     lines += ["", "Mean over the ten classes (and the seeds) of each method's test AUROC; published: "
               "each paper's mean over the ten classes, * on another protocol than this one (the "
-              "normal class's training images, the full test set)."]
+              "normal class's training images, the full test set); (k of 10 classes): a sweep "
+              "still running, the mean of the classes it has."]
     return "\n".join(lines) + "\n"
