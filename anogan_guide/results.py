@@ -14,7 +14,7 @@ import numpy as np
 
 from .evaluate import read_metrics
 from .runs import Run, atomic_path
-from .sweep import plan_runs, split_matches
+from .sweep import plan_runs, runs_on_disk, split_matches
 
 CSV_COLUMNS = ("dataset", "class", "seed", "method", "auroc", "auprc", "f1", "dev_auroc",
                "dev_auprc", "train_seconds", "score_seconds", "pixel_auroc")
@@ -110,6 +110,20 @@ def collect(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path) ->
                          "train_seconds": m["train_seconds"], "score_seconds": m["score_seconds"],
                          "pixel_auroc": m.get("pixel_auroc")})
     return rows
+
+
+def table_scope(dataset: str, classes: Sequence, seeds: Sequence[int],
+                out: Path) -> tuple[list, list[int]]:
+    """The classes and seeds of the sweep folder's table: the sweep's own and those of every run
+    already in `out` (a sweep that re-makes one class keeps the others in the table), classes
+    and seeds in order (CIFAR-10's names sort alphabetically, as its class order is)."""
+    on_disk = runs_on_disk(dataset, out)
+    return (sorted({*classes, *(c for c, _ in on_disk)}, key=_class_order),
+            sorted({*seeds, *(s for _, s in on_disk)}))
+
+
+def _class_order(c) -> tuple:
+    return (0, c, "") if isinstance(c, int) else (1, 0, str(c))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -230,7 +244,9 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
 def write_results(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path, *,
                   flagged: dict[tuple[str, int, str], str] | None = None,
                   dev: bool = False) -> list[dict]:
-    """Write DIR/results.csv and DIR/results.md from the run folders; returns the rows."""
+    """Write DIR/results.csv and DIR/results.md from the run folders (`table_scope`: the given
+    classes and seeds and every other run in DIR); returns the rows."""
+    classes, seeds = table_scope(dataset, classes, seeds, out)
     rows = collect(dataset, classes, seeds, out)
     write_csv(rows, out / "results.csv")
     with atomic_path(out / "results.md") as tmp:

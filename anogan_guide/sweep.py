@@ -160,6 +160,21 @@ def plan_runs(dataset: str, classes: Sequence, seeds: Sequence[int], out: Path) 
             for c in classes for s in seeds]
 
 
+def runs_on_disk(dataset: str, out: Path) -> list[tuple[int | str, int]]:
+    """The (class, seed) of every run folder out/<dataset>/class<c>_seed<s>/ whose metrics.json
+    belongs to it, whichever sweep made it."""
+    found = []
+    for folder in sorted((out / dataset).glob("class*_seed*")):
+        data = read_metrics(Run(folder))
+        if not data or "normal_class" not in data or "seed" not in data:
+            continue
+        run = SweepRun(dataset, data["normal_class"], int(data["seed"]), folder)
+        if split_matches(run, data) and plan_runs(dataset, [run.normal_class], [run.seed],
+                                                  out)[0].folder == folder:
+            found.append((run.normal_class, run.seed))
+    return found
+
+
 def split_matches(run: SweepRun, data: dict) -> bool:
     """Whether a metrics.json dict belongs to this run's (dataset, class, seed)."""
     return (data.get("dataset") == run.dataset and str(data.get("normal_class")) ==

@@ -375,6 +375,21 @@ def test_results_files_with_published_figures(tmp_path):
     assert "other classes' *training* images (no test image)" in md
 
 
+def test_a_sweep_of_some_runs_keeps_the_folders_other_runs_in_its_table(tmp_path):
+    for c, seed in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        _fake_metrics(sweep.plan_runs("mnist", [c], [seed], tmp_path)[0].folder, "mnist", c,
+                      seed, {"gradcon": 0.9})
+    stray = tmp_path / "mnist" / "class7_seed0"  # a folder whose metrics.json is another run's
+    _fake_metrics(stray, "mnist", 3, 0, {"gradcon": 0.1})
+    assert sweep.runs_on_disk("mnist", tmp_path) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    rows = results.write_results("mnist", [1], [1], tmp_path)  # re-made: class 1, seed 1
+    assert [(r["class"], r["seed"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    md = (tmp_path / "results.md").read_text()
+    assert "Classes 0, 1; seeds 0, 1." in md and "| 0 | 0.900 ± 0.000 |" in md
+    assert results.table_scope("folder", ["truck", "airplane"], [2], tmp_path) == (
+        ["airplane", "truck"], [2])
+
+
 def test_where_and_resume_do_not_make_a_run_stale():
     recorded = {"epochs": 2, "run_dir": "/a", "data_root": "/d", "resume": False}
     assert sweep.comparable(recorded) == sweep.comparable(
