@@ -16,14 +16,15 @@ image is read.
 Which images a method's entry covers (`entry_tables`): the search costs `iterations` passes per
 image, so notebook 02 maps a seeded sample of the test and development images (`MappingImages`,
 `max_test_images`). A rule of the head's terms alone (`l_rot`) reads no mapping: one forward pass
-of the discriminator scores every test and development image, and the entry covers them all.
+of the discriminator scores every test and development image, and the entry covers them all; the
+search then maps only a small sample, for the figures (`MappingImages.for_score`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -78,7 +79,7 @@ class ScoreRule:
     @property
     def needs_mapping(self) -> bool:
         """Whether the score reads the latent mapping (False: the rotation head's terms alone)."""
-        return any(term not in HEAD_TERMS for term in self.terms)
+        return reads_mapping(",".join(self.terms))
 
     def on_head(self, head: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The score table of the rotation head's terms alone (`latent.head_terms`), for a rule
@@ -122,16 +123,24 @@ def _with_published(table: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {**table, PUBLISHED: table.get(PUBLISHED, table["score"])}
 
 
+def reads_mapping(score_terms: str) -> bool:
+    """Whether a score of `score_terms` (comma-separated) reads the latent mapping (False: the
+    rotation head's terms alone, one forward pass of the discriminator)."""
+    return any(term not in HEAD_TERMS for term in scorerule.parse_terms(score_terms))
+
+
 @dataclass(frozen=True)
 class MappingImages:
     """The images notebook 02 scores, in [-1, 1]: the validation normals, the whole test set and
-    development set, and the seeded, class-stratified samples of them the search maps."""
+    development set, and the seeded samples of them the search maps (the test and development
+    samples class-stratified)."""
 
     val: torch.Tensor
     test: torch.Tensor
     test_indices: torch.Tensor  # the search's test sample
     dev: torch.Tensor | None  # None: the split has no development anomalies
     dev_indices: torch.Tensor | None
+    val_indices: torch.Tensor | None = None  # the search's validation normals (None: all)
 
     @classmethod
     def of(cls, split: OneClassSplit, max_test_images: int = 0, seed: int = 0) -> MappingImages:
@@ -143,10 +152,30 @@ class MappingImages:
                    stratified_sample(split.dev_classes, max_test_images, seed=seed)
                    if split.has_dev else None)
 
+    @classmethod
+    def for_score(cls, split: OneClassSplit, score_terms: str, max_test_images: int = 0,
+                  figure_images: int = 0, seed: int = 0) -> MappingImages:
+        """The images for a score of `score_terms`. A score that reads the mapping: the search's
+        samples of `max_test_images` (`of`) and every validation normal, whose mapped scores set
+        the threshold. One of the head's terms alone reads no mapping (`entry_tables` scores every
+        image with the head), so the search only serves the notebook's figures: it maps at most
+        `figure_images` test images (a stratified sample) and as many validation normals (the
+        first of the seeded hold-out); 0 keeps the samples of `max_test_images`."""
+        if reads_mapping(score_terms) or figure_images <= 0:
+            return cls.of(split, max_test_images, seed)
+        n = figure_images if max_test_images <= 0 else min(max_test_images, figure_images)
+        images = cls.of(split, n, seed)
+        return replace(images, val_indices=torch.arange(min(n, len(images.val))))
+
+    @property
+    def val_sample(self) -> torch.Tensor:
+        return self.val if self.val_indices is None else self.val[self.val_indices]
+
     def whole(self) -> MappingImages:
         """The same images with every one in the samples (a mapping cheap enough for all)."""
         every = None if self.dev is None else torch.arange(len(self.dev))
-        return MappingImages(self.val, self.test, torch.arange(len(self.test)), self.dev, every)
+        return MappingImages(self.val, self.test, torch.arange(len(self.test)), self.dev, every,
+                             self.val_indices)
 
     @property
     def test_sample(self) -> torch.Tensor:

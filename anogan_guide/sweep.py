@@ -61,9 +61,11 @@ METHOD_ENTRIES: dict[str, tuple[str, ...]] = {
 }
 DATA_PREP = "00_data_prep"
 # recorded notebook parameters that do not change a result: where (a moved run folder or data
-# folder does not make a finished run stale) and `resume` (continuing from the last checkpoint
+# folder does not make a finished run stale), `resume` (continuing from the last checkpoint
 # is exact; `-p resume true` re-scores finished training when only a score-time parameter changed)
-RECORD_IGNORES = ("run_dir", "data_root", "resume")
+# and 02's `figure_images` (how many images the search maps for the figures when the score reads
+# no mapping)
+RECORD_IGNORES = ("run_dir", "data_root", "resume", "figure_images")
 
 
 class SweepError(ValueError):

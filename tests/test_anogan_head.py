@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import anogan_guide as ag
-from anogan_guide import anogan, evaluate, fanogan, latent, rotation, rothead, sources
+from anogan_guide import anogan, evaluate, fanogan, latent, rotation, rothead, sources, sweep
 from anogan_guide.detector import Detector
 from anogan_guide.evaluate import Standardizer
 from anogan_guide.latentscore import MappingImages, ScoreRule, entry_tables
@@ -273,7 +273,7 @@ def test_the_detector_scores_a_head_run_as_the_notebook(head_demo, tmp_path, met
 
 def _entry(gan, images, terms, weights="1"):
     mapping = dict(iterations=2, lr=0.01, lam=0.1, batch_size=32, seed=0, progress_bar=False)
-    val_map = latent.map_images(gan, images.val, **mapping)
+    val_map = latent.map_images(gan, images.val_sample, **mapping)
     test_map = latent.map_images(gan, images.test_sample, **mapping)
     rule = ScoreRule.fit(val_map.table(), terms, weights)
     return rule, test_map, entry_tables(rule, gan, images, val_map, test_map, 1.0, **mapping)
@@ -315,3 +315,21 @@ def test_the_detector_scores_a_head_score_without_the_search(split, head_run, tm
         Image.fromarray(image[0].numpy()).save(paths[-1])
     scored = Detector.load(run.root, "anogan", device="cpu").score(paths)
     assert np.allclose(scored.score, head.test["score"].numpy(), rtol=1e-5)
+
+
+def test_with_l_rot_alone_the_search_maps_only_a_small_sample_for_the_figures(split, head_run):
+    _, _, gan = head_run
+    mapped = MappingImages.for_score(split, "anogan,l_rot", 100, figure_images=20, seed=0)
+    assert mapped.val_indices is None and len(mapped.val_sample) == len(split.val)
+    assert torch.equal(mapped.test_indices, MappingImages.of(split, 100, seed=0).test_indices)
+    head = MappingImages.for_score(split, "l_rot", 100, figure_images=20, seed=0)
+    assert len(head.test_sample) == 20 and len(head.val_sample) == min(20, len(split.val))
+    assert torch.equal(head.val, mapped.val)  # the entry's validation scores still cover all
+    assert len(MappingImages.for_score(split, "l_rot", 0, figure_images=0).test_sample) == len(
+        split.test)  # 0: the search's samples as max_test_images says
+    # the entry is the same whichever sample the search mapped: every image, by the head
+    small = _entry(gan, head, "l_rot")[2]
+    large = _entry(gan, MappingImages.of(split, 100, seed=0), "l_rot")[2]
+    for part in ("val", "test", "dev"):
+        assert torch.equal(getattr(small, part)["score"], getattr(large, part)["score"])
+    assert "figure_images" in sweep.RECORD_IGNORES  # no finished run is stale for it
