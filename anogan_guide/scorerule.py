@@ -25,7 +25,10 @@ def parse_terms(score_terms: str) -> tuple[str, ...]:
 
 
 def parse_weights(score_weights: str) -> tuple[float, ...] | None:
-    """"1,0.25" -> (1.0, 0.25); empty -> None."""
+    """"1,0.25" -> (1.0, 0.25); empty -> None; a single number as `-p score_weights 1` passes it
+    (an int or float) -> (1.0,)."""
+    if isinstance(score_weights, (int, float)):
+        return (float(score_weights),)
     return tuple(float(w) for w in score_weights.split(",")) if score_weights else None
 
 

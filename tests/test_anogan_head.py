@@ -204,6 +204,9 @@ def test_score_terms_combine_on_validation_normals(split, head_run):
     assert rule.params()["combination"] == "1.000*z(anogan) + 2.000*z(l_rot)"
     alone = ScoreRule.fit(val.table(), "l_rot")
     assert torch.equal(test.table(alone)["score"], test.table()["l_rot"])
+    # `-p score_weights 1` reaches the notebook as a YAML number, not a string: the same rule
+    assert ScoreRule.fit(val.table(), "l_rot", 1).terms == alone.terms
+    assert ScoreRule.fit(val.table(), "anogan,l_rot", "1,2") == rule
 
 
 def test_bad_score_rules_name_the_fix(split, tmp_path):
