@@ -23,7 +23,7 @@ search then maps only a small sample, for the figures (`MappingImages.for_score`
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -79,7 +79,7 @@ class ScoreRule:
     @property
     def needs_mapping(self) -> bool:
         """Whether the score reads the latent mapping (False: the rotation head's terms alone)."""
-        return reads_mapping(",".join(self.terms))
+        return reads_mapping(self.terms)
 
     def on_head(self, head: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The score table of the rotation head's terms alone (`latent.head_terms`), for a rule
@@ -123,10 +123,10 @@ def _with_published(table: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return {**table, PUBLISHED: table.get(PUBLISHED, table["score"])}
 
 
-def reads_mapping(score_terms: str) -> bool:
-    """Whether a score of `score_terms` (comma-separated) reads the latent mapping (False: the
-    rotation head's terms alone, one forward pass of the discriminator)."""
-    return any(term not in HEAD_TERMS for term in scorerule.parse_terms(score_terms))
+def reads_mapping(terms: Sequence[str]) -> bool:
+    """Whether a score of these terms reads the latent mapping (False: the rotation head's terms
+    alone, one forward pass of the discriminator)."""
+    return any(term not in HEAD_TERMS for term in terms)
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class MappingImages:
         image with the head), so the search only serves the notebook's figures: it maps at most
         `figure_images` test images (a stratified sample) and as many validation normals (the
         first of the seeded hold-out); 0 keeps the samples of `max_test_images`."""
-        if reads_mapping(score_terms) or figure_images <= 0:
+        if reads_mapping(scorerule.parse_terms(score_terms)) or figure_images <= 0:
             return cls.of(split, max_test_images, seed)
         n = figure_images if max_test_images <= 0 else min(max_test_images, figure_images)
         images = cls.of(split, n, seed)

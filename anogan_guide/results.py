@@ -116,14 +116,11 @@ def table_scope(dataset: str, classes: Sequence, seeds: Sequence[int],
                 out: Path) -> tuple[list, list[int]]:
     """The classes and seeds of the sweep folder's table: the sweep's own and those of every run
     already in `out` (a sweep that re-makes one class keeps the others in the table), classes
-    and seeds in order (CIFAR-10's names sort alphabetically, as its class order is)."""
+    and seeds in order (a data set's classes are all numbers or all folder names; CIFAR-10's
+    names sort alphabetically, as its class order is)."""
     on_disk = runs_on_disk(dataset, out)
-    return (sorted({*classes, *(c for c, _ in on_disk)}, key=_class_order),
+    return (sorted({*classes, *(c for c, _ in on_disk)}),
             sorted({*seeds, *(s for _, s in on_disk)}))
-
-
-def _class_order(c) -> tuple:
-    return (0, c, "") if isinstance(c, int) else (1, 0, str(c))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
