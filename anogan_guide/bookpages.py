@@ -95,7 +95,8 @@ def page_markdown(page: Page, classes: Sequence[str], cols: Sequence[Column], da
              f"Made from `{page.main.csv}`" + "".join(f" and `{s.csv}`" for s in page.beside)
              + " by `anogan_guide.bookpages` when the book is built. Test AUROC per normal class "
              f"({len(classes)} classes; seeds {', '.join(map(str, seeds))}): "
-             + ("the mean ± standard deviation over seeds, " if len(seeds) > 1 else "")
+             + ("the mean ± standard deviation over seeds (a class with fewer seeds than "
+                "its column's others says how many), " if len(seeds) > 1 else "")
              + "the development AUROC (validation normals against other classes' training "
              "images) in brackets; **mean**: the mean over classes.", ""]
     lines += page_table(classes, cols, pub) + [""]

@@ -141,6 +141,7 @@ class MappingImages:
     dev: torch.Tensor | None  # None: the split has no development anomalies
     dev_indices: torch.Tensor | None
     val_indices: torch.Tensor | None = None  # the search's validation normals (None: all)
+    figures_only: bool = False  # the score reads no mapping: the samples only serve the figures
 
     @classmethod
     def of(cls, split: OneClassSplit, max_test_images: int = 0, seed: int = 0) -> MappingImages:
@@ -165,7 +166,8 @@ class MappingImages:
             return cls.of(split, max_test_images, seed)
         n = figure_images if max_test_images <= 0 else min(max_test_images, figure_images)
         images = cls.of(split, n, seed)
-        return replace(images, val_indices=torch.arange(min(n, len(images.val))))
+        return replace(images, val_indices=torch.arange(min(n, len(images.val))),
+                       figures_only=True)
 
     @property
     def val_sample(self) -> torch.Tensor:
@@ -174,8 +176,13 @@ class MappingImages:
     def whole(self) -> MappingImages:
         """The same images with every one in the samples (a mapping cheap enough for all)."""
         every = None if self.dev is None else torch.arange(len(self.dev))
-        return MappingImages(self.val, self.test, torch.arange(len(self.test)), self.dev, every,
-                             self.val_indices)
+        return replace(self, test_indices=torch.arange(len(self.test)), dev_indices=every)
+
+    def for_encoder(self) -> MappingImages:
+        """The images f-AnoGAN's encoder maps: all of them (`whole`, one forward pass each), or,
+        when the score reads no mapping (`figures_only`), the search's samples again: the maps
+        then serve only the figures and the comparison of the mappings."""
+        return self if self.figures_only else self.whole()
 
     @property
     def test_sample(self) -> torch.Tensor:
@@ -196,15 +203,21 @@ class EntryTables:
     dev: dict[str, torch.Tensor] | None
     test_indices: torch.Tensor
     seconds: float
+    # a rule of the head's terms alone: the head's raw terms of images.val, .test and .dev, which
+    # another entry of the same GAN reuses (`entry_tables(same_head=...)`)
+    head: tuple[dict[str, torch.Tensor] | None, ...] | None = None
 
 
 def entry_tables(rule: ScoreRule, model, images: MappingImages, val_map: latent.LatentMap,
-                 test_map: latent.LatentMap, map_seconds: float, **mapping) -> EntryTables:
+                 test_map: latent.LatentMap, map_seconds: float,
+                 same_head: EntryTables | None = None, **mapping) -> EntryTables:
     """The tables of a method's entry. A rule that reads the mapping scores the maps already made
     (`val_map` of images.val, `test_map` of images.test_sample, in `map_seconds`) and maps the
     development sample with `mapping` (`latent.map_images`' keywords); a rule of the head's terms
     alone needs no search and scores every test and development image with one forward pass of
-    the discriminator (the maps then only serve the notebook's figures)."""
+    the discriminator (the maps then only serve the notebook's figures). `same_head`: an entry of
+    the same GAN on the same images whose head terms are reused, with the seconds they took (the
+    f-AnoGAN entries of notebook 02: the encoder does not enter the head's terms)."""
     start = time.perf_counter()
     if rule.needs_mapping:
         dev_images = images.dev_sample
@@ -212,9 +225,16 @@ def entry_tables(rule: ScoreRule, model, images: MappingImages, val_map: latent.
                                                                **mapping).table(rule)
         return EntryTables(val_map.table(rule), test_map.table(rule), dev, images.test_indices,
                            map_seconds + time.perf_counter() - start)
-    gan = getattr(model, "gan", model)  # an f-AnoGAN encoder's GAN, or the GAN itself
-    batch_size = mapping.get("batch_size", 256)
-    val, test, dev = (None if x is None else rule.on_head(latent.head_terms(gan, x, batch_size))
-                      for x in (images.val, images.test, images.dev))
+    if same_head is not None and same_head.head is not None:
+        if len(same_head.test_indices) != len(images.test):
+            raise ValueError("same_head is an entry of other images; pass the entry made with "
+                             "these MappingImages, or none")
+        head, start = same_head.head, start - same_head.seconds
+    else:
+        gan = getattr(model, "gan", model)  # an f-AnoGAN encoder's GAN, or the GAN itself
+        batch_size = mapping.get("batch_size", 256)
+        head = tuple(None if x is None else latent.head_terms(gan, x, batch_size)
+                     for x in (images.val, images.test, images.dev))
+    val, test, dev = (None if terms is None else rule.on_head(terms) for terms in head)
     return EntryTables(val, test, dev, torch.arange(len(images.test)),
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, head)

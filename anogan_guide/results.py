@@ -142,6 +142,12 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+def seeds_note(n: int, of: int) -> str:
+    """What a per-class cell adds when it averages fewer seeds than its column's fullest class (a
+    sweep still running): " (2 of 3 seeds)"; nothing when it has as many."""
+    return f" ({n} of {of} seeds)" if 0 < n < of else ""
+
+
 def published_for(dataset: str) -> list[dict]:
     """The published figures for a dataset (PUBLISHED), in table order."""
     return [p for p in PUBLISHED if p["dataset"] == dataset]
@@ -162,9 +168,9 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
     where = {c: published_class_index(source, c) for c in classes}  # in the per-class figures
     lines = [f"# {title or f'Sweep results: {dataset}'}", "",
              f"Classes {', '.join(map(str, classes))}; seeds {', '.join(map(str, seeds))}. "
-             f"Per class: mean ± std over seeds; **mean**: the mean of the class means ± their "
-             f"std across classes. Protocol here: the normal class's training images, the full "
-             f"test set; thresholds from validation "
+             f"Per class: mean ± std over seeds (a cell with fewer seeds says how many); "
+             f"**mean**: the mean of the class means ± their std across classes. Protocol here: "
+             f"the normal class's training images, the full test set; thresholds from validation "
              f"normals only.", ""]
     if dev:
         lines += ["Columns marked (dev): the development set, the validation normals against a "
@@ -182,13 +188,17 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
                 *(f"{p['method']} (published)" for p in pub)]
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         class_means: list[list[float]] = [[] for _ in columns]
+        values = {(c, i): [r[key] for r in rows if r["method"] == m and str(r["class"]) == str(c)
+                           and r.get(key) is not None]
+                  for c in classes for i, (m, key, _) in enumerate(columns)}
+        most = [max(len(values[c, i]) for c in classes) for i in range(len(columns))]
         for c in classes:
             cells = []
-            for (m, key, _), means in zip(columns, class_means, strict=True):
-                vals = [r[key] for r in rows if r["method"] == m and str(r["class"]) == str(c)
-                        and r.get(key) is not None]
+            for i, ((m, _, _), means) in enumerate(zip(columns, class_means, strict=True)):
+                vals = values[c, i]
                 mark = any((str(c), s, m) in flagged for s in seeds)
-                cells.append(_mean_std(vals) + (" †" if mark else ""))
+                cells.append(_mean_std(vals) + seeds_note(len(vals), most[i])
+                             + (" †" if mark else ""))
                 if vals:
                     means.append(float(np.mean(vals)))
             for p in pub:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import published_class_index, published_for, published_source
+from .results import published_class_index, published_for, published_source, seeds_note
 
 ROOT = Path(__file__).resolve().parents[1]
 # AnoGAN and f-AnoGAN with the published score, as the tables had them before the rotation head
@@ -190,7 +190,8 @@ def _cell(col: Column, c: str) -> str:
     if not test:
         return "–"
     text = f"{np.mean(test):.3f}" + (f" ± {np.std(test):.3f}" if len(test) > 1 else "")
-    return text + (f" ({np.mean(dev):.3f})" if dev else "")
+    most = max(len(s) for s in col.seeds.values())
+    return text + (f" ({np.mean(dev):.3f})" if dev else "") + seeds_note(len(test), most)
 
 
 def page_table(classes: Sequence[str], cols: Sequence[Column], pub: Sequence[dict]) -> list[str]:

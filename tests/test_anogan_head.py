@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -336,3 +337,28 @@ def test_with_l_rot_alone_the_search_maps_only_a_small_sample_for_the_figures(sp
     for part in ("val", "test", "dev"):
         assert torch.equal(getattr(small, part)["score"], getattr(large, part)["score"])
     assert "figure_images" in sweep.RECORD_IGNORES  # no finished run is stale for it
+
+
+def test_the_f_anogan_entries_reuse_the_heads_terms_and_map_the_figures_sample(split, head_run):
+    """Notebook 02's f-AnoGAN cell with l_rot alone: the encoder maps the search's sample (not
+    every image), and its entries take the head's terms of the search's entry unchanged."""
+    _, _, gan = head_run
+    mapped = MappingImages.for_score(split, "anogan,l_rot", 100, figure_images=20, seed=0)
+    assert len(mapped.for_encoder().test_sample) == len(split.test)  # a mapping score: all
+    head = MappingImages.for_score(split, "l_rot", 100, figure_images=20, seed=0)
+    assert head.for_encoder() is head and len(head.for_encoder().test_sample) == 20
+    rule, test_map, first = _entry(gan, head, "l_rot")
+    assert first.head is not None and len(first.head) == 3
+    again = entry_tables(rule, gan, head.for_encoder(), test_map, test_map, 0.0, same_head=first,
+                         batch_size=32)
+    fresh = _entry(gan, head.whole(), "l_rot")[2]
+    for part in ("val", "test", "dev"):
+        for k in ("score", "l_rot"):
+            assert torch.equal(getattr(again, part)[k], getattr(first, part)[k])
+            assert torch.equal(getattr(again, part)[k], getattr(fresh, part)[k])
+    assert again.seconds >= first.seconds  # the head's seconds travel with its terms
+    both = _entry(gan, mapped, "anogan,l_rot", "1,2")[2]
+    assert both.head is None  # a mapping score keeps no head terms to reuse
+    with pytest.raises(ValueError, match="same_head is an entry of other images"):
+        entry_tables(rule, gan, replace(head, test=head.test[:10]), test_map, test_map, 0.0,
+                     same_head=first, batch_size=32)

@@ -375,6 +375,20 @@ def test_results_files_with_published_figures(tmp_path):
     assert "other classes' *training* images (no test image)" in md
 
 
+def test_a_class_with_fewer_seeds_than_its_column_says_how_many(tmp_path):
+    """A sweep still running: class 1 has seed 0 only, so its cell says so; a column run on one
+    seed everywhere says nothing."""
+    for c, seed in ((0, 0), (0, 1), (1, 0)):
+        _fake_metrics(sweep.plan_runs("mnist", [c], [seed], tmp_path)[0].folder, "mnist", c,
+                      seed, {"gradcon": 0.9 - 0.1 * seed, **({"hybrid": 0.8} if seed == 0 else {})})
+    results.write_results("mnist", [0, 1], [0, 1], tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "| 0 | 0.850 ± 0.050 | 0.800 |" in md  # hybrid: seed 0 in every class, no note
+    assert "| 1 | 0.900 (1 of 2 seeds) | 0.800 |" in md
+    assert "| **mean** | 0.875 ± 0.025 | 0.800 ± 0.000 |" in md
+    assert results.seeds_note(3, 3) == "" and results.seeds_note(2, 3) == " (2 of 3 seeds)"
+
+
 def test_a_sweep_of_some_runs_keeps_the_folders_other_runs_in_its_table(tmp_path):
     for c, seed in ((0, 0), (0, 1), (1, 0), (1, 1)):
         _fake_metrics(sweep.plan_runs("mnist", [c], [seed], tmp_path)[0].folder, "mnist", c,
