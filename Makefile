@@ -51,9 +51,9 @@ test: lint
 	$(MAKE) --no-print-directory -j2 --output-sync=line unit-tests notebook-tests
 
 # the unit tests in TEST_JOBS processes (pytest-xdist; a file's tests stay together, so a module's
-# fixtures are made once)
+# fixtures are made once); the 15 slowest are listed, to see where CI's time goes
 unit-tests: $(BIN)/anogan-guide
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile tests
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_JOBS) --dist loadfile --durations=15 tests
 
 # every notebook on tiny parameters, checked with nbval, then the book built from them and
 # checked in headless Chromium
