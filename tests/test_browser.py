@@ -130,9 +130,7 @@ def test_threshold_slider_changes_the_confusion_matrix(tmp_path):
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}")
                 page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                                       timeout=90_000)
-                _run_all_cells(page)
+                _run_all_cells(page)  # waits for the kernel's "idle" itself
                 explorer = page.locator(".ag-threshold-explorer")
                 deadline = time.time() + 300
                 # attached, not visible: JupyterLab may hide cells scrolled out of view
