@@ -92,3 +92,16 @@ def test_the_command_line_starts_without_torch_and_the_package_names_load_when_u
                          cwd=REPO).stdout.splitlines()
     assert out == ["False", "GanomalyConfig open_run anogan_guide.plots", "True",
                    "module 'anogan_guide' has no attribute 'no_such_name'", "[]", "[]"]
+
+
+def test_reading_a_notebook_does_not_build_jsonschemas_iri_parser():
+    """Every notebook run, sweep job, nbval and book build reads notebooks (nbformat, which
+    imports jsonschema). jsonschema 4.24+ imports rfc3987-syntax, which builds a parser at
+    import: ~3 s of CPU in each of those processes. pyproject.toml pins jsonschema below it."""
+    import subprocess
+    import sys
+
+    code = "import sys, papermill, nbformat\nprint('rfc3987_syntax' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO).stdout
+    assert out == "False\n", "jsonschema imports rfc3987-syntax: pin jsonschema==4.23.0"
