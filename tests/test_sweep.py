@@ -439,41 +439,6 @@ def test_sweep_usage_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_sweep_writes_results_and_a_second_call_skips(tmp_path):
-    """The issue's check, on tiny parameters: classes 0 and 1 of digits, seed 0, two methods
-    (every notebook runs in CI's own run; here what matters is the sweep around them)."""
-    methods = "ganomaly,gradcon"
-    args = ["--classes", "0,1", "--seeds", "0", "--methods", methods, "--jobs", "2", "-f", CI,
-            "--out", str(tmp_path / "sw")]
-    first = _sweep(*args)
-    assert first.returncode == 0, first.stderr
-    rows = list(csv.DictReader(open(tmp_path / "sw" / "results.csv")))
-    assert {(r["class"], r["method"]) for r in rows} == {
-        (c, m) for c in "01" for m in methods.split(",")}
-    assert "## AUROC" in (tmp_path / "sw" / "results.md").read_text()
-    metrics = [tmp_path / "sw" / "digits" / f"class{c}_seed0" / "metrics.json" for c in (0, 1)]
-    stamps = [p.stat().st_mtime_ns for p in metrics]
-    second = _sweep(*args)
-    assert second.returncode == 0, second.stderr
-    assert "2 runs: 2 skipped" in second.stdout + second.stderr
-    assert stamps == [p.stat().st_mtime_ns for p in metrics]  # nothing ran again
-    assert evaluate.read_metrics(Run(metrics[0].parent))["normal_class"] == 0
-    # an entry without development figures (made before them) runs again, but its finished
-    # training is reloaded (`resume: true`), not repeated: the same checkpoint and AUROC
-    method = methods.split(",")[-1]
-    data = evaluate.read_metrics(Run(metrics[0].parent))
-    before = data["methods"][method].pop("dev")
-    write_json(metrics[0], data)
-    checkpoint = Run(metrics[0].parent).checkpoint(method, "last")
-    trained = checkpoint.stat().st_mtime_ns
-    third = _sweep(*args)
-    assert third.returncode == 0, third.stderr
-    assert "1 skipped" in third.stdout + third.stderr and checkpoint.stat().st_mtime_ns == trained
-    again = evaluate.read_metrics(Run(metrics[0].parent))["methods"][method]
-    assert again["auroc"] == data["methods"][method]["auroc"] and again["dev"] == before
-
-
-@pytest.mark.slow
 def test_a_failing_run_is_reported_and_the_sweep_exits_non_zero(tmp_path):
     # digits has no class 12: 00_data_prep fails at once for that run
     result = _sweep("--classes", "12", "--methods", "gradcon", "-f", CI,

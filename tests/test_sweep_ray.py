@@ -1,6 +1,6 @@
 """`anogan-guide sweep --engine ray` on a real two-node Ray cluster started on this machine,
-against `--engine local`; resuming after Ctrl-C (on both engines); re-running what a changed
-parameter changes."""
+against `--engine local`; a second call skipping what is finished; resuming after Ctrl-C (on
+both engines); re-running what a changed parameter changes. One local sweep serves them all."""
 
 import csv
 import json
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from anogan_guide import engines
+from anogan_guide import engines, evaluate
+from anogan_guide.runs import Run, write_json
 
 pytest.importorskip("ray", reason="--engine ray needs Ray (pinned in pyproject.toml)")
 pytestmark = pytest.mark.slow
@@ -144,6 +145,38 @@ def test_ray_cluster_gives_the_local_engines_results(cluster, local_sweep, tmp_p
     assert (out / "results.md").read_text() == (local_sweep / "results.md").read_text()
     assert "Kernel is running over TCP" not in result.stdout + result.stderr
     assert not list(out.glob(".anogan-guide-storage-*"))  # the storage check cleans up
+
+
+def test_the_sweep_writes_results_and_a_second_call_skips(local_sweep):
+    """The sweep's own check on tiny parameters (classes 0 and 1 of digits, seed 0, two methods;
+    every notebook runs in CI's own run). It keeps CI's parameters, so it comes before the test
+    that changes one; it re-scores class 0's GradCon with the same result, which the Ray test
+    above has compared already."""
+    args = [*TINY, "--classes", "0,1", "--methods", "ganomaly,gradcon", "--engine", "local",
+            "--jobs", "2", "--out", str(local_sweep)]
+    rows = list(csv.DictReader(open(local_sweep / "results.csv")))
+    assert {(r["class"], r["method"]) for r in rows} == {
+        (c, m) for c in "01" for m in ("ganomaly", "gradcon")}
+    assert "## AUROC" in (local_sweep / "results.md").read_text()
+    metrics = [local_sweep / "digits" / f"class{c}_seed0" / "metrics.json" for c in (0, 1)]
+    stamps = [p.stat().st_mtime_ns for p in metrics]
+    second = _sweep(*args)
+    assert second.returncode == 0, second.stderr
+    assert "2 runs: 2 skipped" in second.stdout + second.stderr
+    assert stamps == [p.stat().st_mtime_ns for p in metrics]  # nothing ran again
+    assert evaluate.read_metrics(Run(metrics[0].parent))["normal_class"] == 0
+    # an entry without development figures (made before them) runs again, but its finished
+    # training is reloaded (`resume: true`), not repeated: the same checkpoint and AUROC
+    data = evaluate.read_metrics(Run(metrics[0].parent))
+    before = data["methods"]["gradcon"].pop("dev")
+    write_json(metrics[0], data)
+    checkpoint = Run(metrics[0].parent).checkpoint("gradcon", "last")
+    trained = checkpoint.stat().st_mtime_ns
+    third = _sweep(*args)
+    assert third.returncode == 0, third.stderr
+    assert "1 skipped" in third.stdout + third.stderr and checkpoint.stat().st_mtime_ns == trained
+    again = evaluate.read_metrics(Run(metrics[0].parent))["methods"]["gradcon"]
+    assert again["auroc"] == data["methods"]["gradcon"]["auroc"] and again["dev"] == before
 
 
 def _finished(folder: Path) -> bool:
