@@ -67,19 +67,27 @@ class Standardizer:
         return (values - self.mean) / self.std
 
 
-def metrics(test_scores, test_labels, threshold: float) -> dict[str, float]:
-    """AUROC and AUPRC (anomaly = positive) and F1 at a given threshold (scikit-learn)."""
-    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+def ranking_metrics(scores, labels) -> dict[str, float]:
+    """AUROC and AUPRC (anomaly = positive) of scores against 0/1 labels (scikit-learn)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
-    scores, labels = _np(test_scores), _np(test_labels).astype(int)
+    scores, labels = _np(scores), _np(labels).astype(int)
     if not np.isfinite(scores).all():
         raise ValueError("some scores are NaN or infinite; check the model and its training")
     if len(np.unique(labels)) < 2:
         raise ValueError("the test set holds only one kind of image (all normal or all anomalous); "
                          "AUROC needs both")
     return {"auroc": float(roc_auc_score(labels, scores)),
-            "auprc": float(average_precision_score(labels, scores)),
-            "f1": float(f1_score(labels, scores > threshold, zero_division=0))}
+            "auprc": float(average_precision_score(labels, scores))}
+
+
+def metrics(test_scores, test_labels, threshold: float) -> dict[str, float]:
+    """AUROC and AUPRC (anomaly = positive) and F1 at a given threshold (scikit-learn)."""
+    from sklearn.metrics import f1_score
+
+    ranking = ranking_metrics(test_scores, test_labels)
+    labels = _np(test_labels).astype(int)
+    return ranking | {"f1": float(f1_score(labels, _np(test_scores) > threshold, zero_division=0))}
 
 
 def dev_metrics(val_scores, dev_scores) -> dict | None:
@@ -90,8 +98,8 @@ def dev_metrics(val_scores, dev_scores) -> dict | None:
         return None
     val, dev = _np(val_scores), _np(dev_scores)
     labels = np.r_[np.zeros(len(val)), np.ones(len(dev))]
-    m = metrics(np.r_[val, dev], labels, threshold=float("inf"))
-    return {"auroc": m["auroc"], "auprc": m["auprc"], "n_normal": len(val), "n_anomalous": len(dev)}
+    return ranking_metrics(np.r_[val, dev], labels) | {"n_normal": len(val),
+                                                       "n_anomalous": len(dev)}
 
 
 def evaluate(val_scores, test_scores, test_labels,
