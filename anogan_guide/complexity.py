@@ -71,8 +71,17 @@ def run_complexity(run, image_size: int | None = None) -> dict[str, np.ndarray]:
 
 
 def for_scores(complexity: dict[str, np.ndarray], saved: SavedScores) -> dict[str, np.ndarray]:
-    """`split_complexity` restricted to the test images a method scored (its test_indices)."""
-    return {**complexity, "test": complexity["test"][np.asarray(saved.test_indices)]}
+    """`split_complexity` restricted to the test and development images a method scored (its
+    test_indices, and its dev_indices where it scored a development sample)."""
+    out = {**complexity, "test": complexity["test"][np.asarray(saved.test_indices)]}
+    n_dev = len(saved.dev.get("score", ()))
+    if saved.dev_indices is not None and "dev" in complexity:
+        out["dev"] = complexity["dev"][np.asarray(saved.dev_indices)]
+    elif n_dev and "dev" in complexity and n_dev != len(complexity["dev"]):
+        raise ValueError(f"the development scores cover {n_dev} of {len(complexity['dev'])} images "
+                         "and the score file, older than dev_indices, does not say which: run the "
+                         "method's notebook again with resume true to record them")
+    return out
 
 
 @dataclass(frozen=True)

@@ -115,15 +115,18 @@ def evaluate(val_scores, test_scores, test_labels,
 
 def save_scores(run: Run, method: str, val: ScoreTable, test: ScoreTable, *,
                 test_labels: torch.Tensor, test_classes: torch.Tensor,
-                test_indices: torch.Tensor, dev: ScoreTable | None = None) -> Path:
-    """Write every term of the validation, development and test score tables, with labels,
-    atomically."""
+                test_indices: torch.Tensor, dev: ScoreTable | None = None,
+                dev_indices: torch.Tensor | None = None) -> Path:
+    """Write every term of the validation, development and test score tables, with labels and
+    the test (and, for a sample, development) images they cover, atomically."""
     arrays = {f"val/{k}": _np(v) for k, v in val.items()}
     arrays |= {f"dev/{k}": _np(v) for k, v in (dev or {}).items()}
     arrays |= {f"test/{k}": _np(v) for k, v in test.items()}
     arrays |= {"test_labels": _np(test_labels).astype(np.int64),
                "test_classes": _np(test_classes).astype(np.int64),
                "test_indices": _np(test_indices).astype(np.int64)}
+    if dev_indices is not None:
+        arrays["dev_indices"] = _np(dev_indices).astype(np.int64)
     path = run.scores / f"{method}.npz"
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -138,6 +141,7 @@ class SavedScores:
     test_labels: np.ndarray
     test_classes: np.ndarray
     test_indices: np.ndarray
+    dev_indices: np.ndarray | None = None  # the development images `dev` covers (None: all)
 
 
 def load_scores(run: Run, method: str) -> SavedScores:
@@ -150,7 +154,8 @@ def load_scores(run: Run, method: str) -> SavedScores:
         dev = {k[4:]: data[k] for k in data.files if k.startswith("dev/")}
         test = {k[5:]: data[k] for k in data.files if k.startswith("test/")}
         return SavedScores(val, dev, test, data["test_labels"], data["test_classes"],
-                           data["test_indices"])
+                           data["test_indices"],
+                           data["dev_indices"] if "dev_indices" in data.files else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,16 +235,18 @@ def forget_methods(run: Run, methods: list[str]) -> list[str]:
 
 def finish_method(run: Run, method: str, split: OneClassSplit, val: ScoreTable, test: ScoreTable,
                   *, dev: ScoreTable | None, test_indices: torch.Tensor, train_seconds: float,
-                  score_seconds: float, params: dict) -> dict:
+                  score_seconds: float, params: dict,
+                  dev_indices: torch.Tensor | None = None) -> dict:
     """The last step of every method notebook: save the score tables, threshold on validation,
     metrics on test, the development figures (validation normals vs `dev`, the scores of
-    `split.dev` or a sample of it; None when the split has none), and the method's entry in
-    metrics.json. `score_seconds` covers every image scored. Returns the entry."""
+    `split.dev`, or of the sample `dev_indices` of it; None when the split has none), and the
+    method's entry in metrics.json. `score_seconds` covers every image scored. Returns the
+    entry."""
     labels = split.test_labels[test_indices]
     if dev is None and split.has_dev:
         raise ValueError(f"{method}: the split has development anomalies; score split.dev and "
                          f"pass its score table as dev=")
-    save_scores(run, method, val, test, test_labels=labels, dev=dev,
+    save_scores(run, method, val, test, test_labels=labels, dev=dev, dev_indices=dev_indices,
                 test_classes=split.test_classes[test_indices], test_indices=test_indices)
     result = evaluate(val["score"], test["score"], labels)
     n_scored = len(test["score"]) + len(val["score"]) + (len(dev["score"]) if dev else 0)

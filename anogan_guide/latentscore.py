@@ -203,6 +203,7 @@ class EntryTables:
     dev: dict[str, torch.Tensor] | None
     test_indices: torch.Tensor
     seconds: float
+    dev_indices: torch.Tensor | None = None  # the development sample `dev` covers (None: all)
     # a rule of the head's terms alone: the head's raw terms of images.val, .test and .dev, which
     # another entry of the same GAN reuses (`entry_tables(same_head=...)`)
     head: tuple[dict[str, torch.Tensor] | None, ...] | None = None
@@ -224,7 +225,8 @@ def entry_tables(rule: ScoreRule, model, images: MappingImages, val_map: latent.
         dev = None if dev_images is None else latent.map_images(model, dev_images,
                                                                **mapping).table(rule)
         return EntryTables(val_map.table(rule), test_map.table(rule), dev, images.test_indices,
-                           map_seconds + time.perf_counter() - start)
+                           map_seconds + time.perf_counter() - start,
+                           None if dev is None else images.dev_indices)
     if same_head is not None and same_head.head is not None:
         if len(same_head.test_indices) != len(images.test):
             raise ValueError("same_head is an entry of other images; pass the entry made with "
@@ -237,4 +239,4 @@ def entry_tables(rule: ScoreRule, model, images: MappingImages, val_map: latent.
                      for x in (images.val, images.test, images.dev))
     val, test, dev = (None if terms is None else rule.on_head(terms) for terms in head)
     return EntryTables(val, test, dev, torch.arange(len(images.test)),
-                       time.perf_counter() - start, head)
+                       time.perf_counter() - start, head=head)

@@ -49,6 +49,37 @@ def test_for_scores_follows_the_test_images_a_method_scored():
     saved, c = _saved(np.random.default_rng(1), n=10)
     saved.test_indices = np.array([3, 1])
     assert complexity.for_scores(c, saved)["test"].tolist() == c["test"][[3, 1]].tolist()
+    assert complexity.for_scores(c, saved)["dev"].tolist() == c["dev"].tolist()  # all scored
+
+
+def test_for_scores_follows_the_development_sample_a_method_scored(tmp_path):
+    """AnoGAN's search scores a sample of the development images (max_test_images): the score
+    file names it (dev_indices), and the comparison with complexity lines the two up."""
+    import torch
+
+    import anogan_guide as ag
+    from anogan_guide import evaluate
+
+    split = ag.load_one_class("digits", 0, image_size=16, seed=0)
+    run = ag.open_run(tmp_path)
+    measured = {"val": np.arange(len(split.val), dtype=float),
+                "dev": np.arange(len(split.dev), dtype=float),
+                "test": np.arange(len(split.test), dtype=float)}
+    dev_indices, test_indices = torch.tensor([5, 0, 9, 2]), torch.arange(len(split.test))
+    table = {"val": {"score": torch.linspace(0, 1, len(split.val))},
+             "dev": {"score": torch.tensor([3.0, 1.0, 4.0, 1.5])},
+             "test": {"score": torch.rand(len(split.test), generator=torch.Generator().manual_seed(0))}}
+    evaluate.finish_method(run, "anogan", split, table["val"], table["test"], dev=table["dev"],
+                           dev_indices=dev_indices, test_indices=test_indices, train_seconds=0.0,
+                           score_seconds=1.0, params={})
+    saved = evaluate.load_scores(run, "anogan")
+    assert saved.dev_indices.tolist() == [5, 0, 9, 2]
+    assert complexity.for_scores(measured, saved)["dev"].tolist() == [5.0, 0.0, 9.0, 2.0]
+    assert complexity.compare(saved, complexity.for_scores(measured, saved))["dev_auroc"] is not None
+    # a score file from before dev_indices: which images its sample holds is not known
+    saved.dev_indices = None
+    with pytest.raises(ValueError, match="cover 4 of .* run the method's notebook again"):
+        complexity.for_scores(measured, saved)
 
 
 def test_a_notebook_records_the_corrected_score_and_keeps_the_score_as_scored():
