@@ -1,6 +1,7 @@
 """`anogan-guide sweep --engine ray` on a real two-node Ray cluster started on this machine,
-against `--engine local`; a second call skipping what is finished; resuming after Ctrl-C (on
-both engines); re-running what a changed parameter changes. One local sweep serves them all."""
+against `--engine local`; resuming after Ctrl-C or SIGTERM (on both engines); a second call
+skipping what is finished; re-running what a changed parameter changes. One local sweep, stopped
+and resumed, serves them all."""
 
 import csv
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -124,26 +126,93 @@ def _table(out: Path) -> dict:
                 for r in csv.DictReader(f)}
 
 
+def _finished(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "gradcon" in data.get("methods", {}) and "04_gradcon" in data.get("parameters", {})
+
+
+@dataclass
+class Resumed:
+    """A sweep stopped by a signal after its first finished run, then run again to the end."""
+    out: Path
+    n: int
+    returncode: int  # of the stopped sweep
+    stderr: str  # of the stopped sweep
+    left: list  # processes still naming the sweep's folder after it stopped
+    done: list  # the runs finished when it stopped
+    stamps: dict  # their metrics.json's times then
+    again: subprocess.CompletedProcess  # the same command again
+
+
+def _stop_and_resume(args: list, out: Path, n: int, sig: int) -> Resumed:
+    """`sweep ARGS` (n runs) signalled with `sig` once a run has finished, then run again.
+    As from a terminal: SIGINT handled (a shell's background job would inherit it ignored)."""
+    folders = [out / "digits" / f"class{c}_seed0" for c in range(n)]
+    sweep = subprocess.Popen([sys.executable, "-m", "anogan_guide.cli", "sweep", *args],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 600
+        while not any(_finished(f) for f in folders):
+            assert sweep.poll() is None and time.monotonic() < deadline, "no run finished"
+            time.sleep(0.5)
+        sweep.send_signal(sig)
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    left = _processes_mentioning(str(out))
+    done = [f for f in folders if _finished(f)]
+    stamps = {f: (f / "metrics.json").stat().st_mtime_ns for f in done}
+    return Resumed(out, n, sweep.returncode, stderr, left, done, stamps, _sweep(*args))
+
+
+def _check_resumed(r: Resumed) -> None:
+    assert r.returncode == 130, r.stderr
+    assert "sweep interrupted" in r.stderr and "run the same command again" in r.stderr
+    assert r.left == []  # the stopped runs stopped their processes
+    assert not list(r.out.glob(".anogan-guide-stop-*"))  # the Ray engine's stop file is gone
+    assert r.again.returncode == 0, r.again.stderr
+    assert len(r.done) < r.n  # the signal stopped a run
+    assert (f"{r.n} runs: {len(r.done)} skipped (finished with these parameters), 0 re-run "
+            f"(made with other parameters), {r.n - len(r.done)} run") in r.again.stdout
+    assert all(_finished(r.out / "digits" / f"class{c}_seed0") for c in range(r.n))
+    assert r.stamps == {f: (f / "metrics.json").stat().st_mtime_ns for f in r.done}
+    assert "Kernel is running over TCP" not in r.again.stdout + r.again.stderr
+
+
 @pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory):
+def local_sweep(tmp_path_factory) -> Resumed:
+    """The local engine's sweep of classes 0 and 1 (GANomaly and GradCon), one run at a time,
+    stopped by SIGTERM (a kill, a batch system's time limit) while its second run goes, then
+    resumed. Resuming restores every random state, so its results are those of a sweep never
+    stopped: the folder serves the sweep's own checks and the Ray engine's comparison."""
     out = tmp_path_factory.mktemp("local") / "sw"
-    result = _sweep(*TINY, "--classes", "0,1", "--methods", "ganomaly,gradcon",
-                    "--engine", "local", "--jobs", "2", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
+    args = [*TINY, "--classes", "0,1", "--methods", "ganomaly,gradcon", "--engine", "local",
+            "--jobs", "1", "--out", str(out)]
+    return _stop_and_resume(args, out, 2, signal.SIGTERM)
 
 
-def test_ray_cluster_gives_the_local_engines_results(cluster, local_sweep, tmp_path):
+def test_a_local_sweep_stopped_by_sigterm_resumes_with_only_the_missing_runs(local_sweep):
+    _check_resumed(local_sweep)
+
+
+def test_a_ray_sweep_stopped_by_ctrl_c_resumes_and_gives_the_local_engines_results(
+        cluster, local_sweep, tmp_path):
+    """Three runs on the two-node cluster (two at a time), Ctrl-C (SIGINT) after the first
+    finished, then the same command again: GradCon's figures equal the local engine's."""
     out = tmp_path / "sw"
-    result = _sweep(*TINY, "--classes", "0,1", "--methods", "ganomaly,gradcon",
-                    "--engine", "ray", "--address", cluster, "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "2 runs: 0 skipped" in result.stdout
-    ray_table, local_table = _table(out), _table(local_sweep)
-    assert set(ray_table) == {(c, m) for c in "01" for m in ("ganomaly", "gradcon")}
-    assert ray_table == local_table
-    assert (out / "results.md").read_text() == (local_sweep / "results.md").read_text()
-    assert "Kernel is running over TCP" not in result.stdout + result.stderr
+    args = [*TINY, "--classes", "0-2", "--methods", "gradcon", "--engine", "ray",
+            "--address", cluster, "--out", str(out)]
+    resumed = _stop_and_resume(args, out, 3, signal.SIGINT)
+    _check_resumed(resumed)
+    ray_table, local_table = _table(out), _table(local_sweep.out)
+    assert set(ray_table) == {(c, "gradcon") for c in "012"}
+    assert {k: v for k, v in ray_table.items() if k[0] in "01"} == {
+        k: v for k, v in local_table.items() if k[1] == "gradcon"}
     assert not list(out.glob(".anogan-guide-storage-*"))  # the storage check cleans up
 
 
@@ -152,13 +221,14 @@ def test_the_sweep_writes_results_and_a_second_call_skips(local_sweep):
     every notebook runs in CI's own run). It keeps CI's parameters, so it comes before the test
     that changes one; it re-scores class 0's GradCon with the same result, which the Ray test
     above has compared already."""
+    out = local_sweep.out
     args = [*TINY, "--classes", "0,1", "--methods", "ganomaly,gradcon", "--engine", "local",
-            "--jobs", "2", "--out", str(local_sweep)]
-    rows = list(csv.DictReader(open(local_sweep / "results.csv")))
+            "--jobs", "2", "--out", str(out)]
+    rows = list(csv.DictReader(open(out / "results.csv")))
     assert {(r["class"], r["method"]) for r in rows} == {
         (c, m) for c in "01" for m in ("ganomaly", "gradcon")}
-    assert "## AUROC" in (local_sweep / "results.md").read_text()
-    metrics = [local_sweep / "digits" / f"class{c}_seed0" / "metrics.json" for c in (0, 1)]
+    assert "## AUROC" in (out / "results.md").read_text()
+    metrics = [out / "digits" / f"class{c}_seed0" / "metrics.json" for c in (0, 1)]
     stamps = [p.stat().st_mtime_ns for p in metrics]
     second = _sweep(*args)
     assert second.returncode == 0, second.stderr
@@ -179,56 +249,9 @@ def test_the_sweep_writes_results_and_a_second_call_skips(local_sweep):
     assert again["auroc"] == data["methods"]["gradcon"]["auroc"] and again["dev"] == before
 
 
-def _finished(folder: Path) -> bool:
-    try:
-        data = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return "gradcon" in data.get("methods", {}) and "04_gradcon" in data.get("parameters", {})
-
-
-@pytest.mark.parametrize(("engine", "sig"), [("ray", signal.SIGINT), ("local", signal.SIGTERM)])
-def test_interrupted_sweep_resumes_with_only_the_missing_runs(engine, sig, request, tmp_path):
-    """Ctrl-C (SIGINT) or a kill / batch time limit (SIGTERM) after the first finished run: on
-    the two-node cluster three runs (two at a time), locally two one after the other; either
-    way a run is going when the signal comes."""
-    out = tmp_path / "sw"
-    where, n = ((["--address", request.getfixturevalue("cluster")], 3) if engine == "ray"
-                else (["--jobs", "1"], 2))
-    args = [*TINY, "--classes", f"0-{n - 1}", "--methods", "gradcon", "--engine", engine, *where,
-            "--out", str(out)]
-    folders = [out / "digits" / f"class{c}_seed0" for c in range(n)]
-    # as from a terminal: SIGINT handled (a shell's background job would inherit it ignored)
-    sweep = subprocess.Popen([sys.executable, "-m", "anogan_guide.cli", "sweep", *args],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 600
-        while not any(_finished(f) for f in folders):
-            assert sweep.poll() is None and time.monotonic() < deadline, "no run finished"
-            time.sleep(0.5)
-        sweep.send_signal(sig)
-        _, stderr = sweep.communicate(timeout=120)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-    assert sweep.returncode == 130, stderr
-    assert "sweep interrupted" in stderr and "run the same command again" in stderr
-    assert _processes_mentioning(str(out)) == []  # the stopped runs stopped their processes
-    assert not list(out.glob(".anogan-guide-stop-*"))  # the Ray engine's stop file is gone
-    done = [f for f in folders if _finished(f)]
-    stamps = {f: (f / "metrics.json").stat().st_mtime_ns for f in done}
-    again = _sweep(*args)
-    assert again.returncode == 0, again.stderr
-    assert len(done) < n  # the signal stopped a run
-    assert (f"{n} runs: {len(done)} skipped (finished with these parameters), 0 re-run "
-            f"(made with other parameters), {n - len(done)} run") in again.stdout
-    assert all(_finished(f) for f in folders)
-    assert stamps == {f: (f / "metrics.json").stat().st_mtime_ns for f in done}
-
-
 def test_a_changed_parameter_reruns_only_what_it_changes(local_sweep, tmp_path):
-    scores = {m: [local_sweep / "digits" / f"class{c}_seed0" / "scores" / f"{m}.npz"
+    out = local_sweep.out
+    scores = {m: [out / "digits" / f"class{c}_seed0" / "scores" / f"{m}.npz"
                   for c in (0, 1)] for m in ("ganomaly", "gradcon")}
     before = {m: [p.stat().st_mtime_ns for p in paths] for m, paths in scores.items()}
     changed = tmp_path / "ci-gradcon-3.yaml"
@@ -236,7 +259,7 @@ def test_a_changed_parameter_reruns_only_what_it_changes(local_sweep, tmp_path):
                                                     "04_gradcon: {epochs: 3,"))
     assert changed.read_text() != Path(CI).read_text()
     args = ["--dataset", "digits", "-f", str(changed), "--classes", "0,1",
-            "--methods", "ganomaly,gradcon", "--jobs", "2", "--out", str(local_sweep)]
+            "--methods", "ganomaly,gradcon", "--jobs", "2", "--out", str(out)]
     result = _sweep(*args)
     assert result.returncode == 0, result.stderr
     assert "2 runs: 0 skipped (finished with these parameters), 2 re-run" in result.stdout
@@ -244,7 +267,7 @@ def test_a_changed_parameter_reruns_only_what_it_changes(local_sweep, tmp_path):
     assert after["ganomaly"] == before["ganomaly"]  # GANomaly's results were kept
     assert all(a != b for a, b in zip(after["gradcon"], before["gradcon"], strict=True))
     for c in (0, 1):
-        data = json.loads((local_sweep / "digits" / f"class{c}_seed0" / "metrics.json").read_text())
+        data = json.loads((out / "digits" / f"class{c}_seed0" / "metrics.json").read_text())
         assert data["parameters"]["04_gradcon"]["epochs"] == 3
         assert data["parameters"]["03_ganomaly"]["epochs"] == 2
     assert "2 runs: 2 skipped" in _sweep(*args).stdout
