@@ -135,7 +135,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
         tmp.write_text(buf.getvalue())
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float]) -> str:
+    """A table cell: "0.912 ± 0.004" over seeds (the population std), "0.912" for one, "–" for none."""
     if not values:
         return "–"
     v = np.asarray(values, dtype=float)
@@ -197,7 +198,7 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
             for i, ((m, _, _), means) in enumerate(zip(columns, class_means, strict=True)):
                 vals = values[c, i]
                 mark = any((str(c), s, m) in flagged for s in seeds)
-                cells.append(_mean_std(vals) + seeds_note(len(vals), most[i])
+                cells.append(mean_std(vals) + seeds_note(len(vals), most[i])
                              + (" †" if mark else ""))
                 if vals:
                     means.append(float(np.mean(vals)))
@@ -205,7 +206,7 @@ def results_markdown(rows: list[dict], dataset: str, classes: Sequence, seeds: S
                 per, i = p.get("per_class"), where[c]
                 cells.append(f"{per[i]:.3f}" if per and i is not None and i < len(per) else "")
             out.append(f"| {c} | " + " | ".join(cells) + " |")
-        means = [_mean_std(m) for m in class_means]
+        means = [mean_std(m) for m in class_means]
         # a published per-class table gives the mean over the same classes as ours
         same = [f"{np.mean([p['per_class'][where[c]] for c in classes]):.3f}"
                 if p.get("per_class") and all(where[c] is not None and where[c] < len(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import published_class_index, published_for, published_source, seeds_note
+from .results import mean_std, published_class_index, published_for, published_source, seeds_note
 
 ROOT = Path(__file__).resolve().parents[1]
 # AnoGAN and f-AnoGAN with the published score, as the tables had them before the rotation head
@@ -189,9 +189,8 @@ def _cell(col: Column, c: str) -> str:
     test, dev = col.test.get(c), col.dev.get(c)
     if not test:
         return "–"
-    text = f"{np.mean(test):.3f}" + (f" ± {np.std(test):.3f}" if len(test) > 1 else "")
     most = max(len(s) for s in col.seeds.values())
-    return text + (f" ({np.mean(dev):.3f})" if dev else "") + seeds_note(len(test), most)
+    return mean_std(test) + (f" ({np.mean(dev):.3f})" if dev else "") + seeds_note(len(test), most)
 
 
 def page_table(classes: Sequence[str], cols: Sequence[Column], pub: Sequence[dict]) -> list[str]:
