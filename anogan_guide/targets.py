@@ -107,7 +107,7 @@ def _mnist(classes: Sequence[str], full: Sequence[Column]) -> list[tuple[str, st
     if drops:
         worst = min(drops, key=drops.get)
         out.append(("MNIST: no method's mean below the table's when issue 19 was filed",
-                    f"largest change {label(worst)} {drops[worst]:+.3f}",
+                    f"smallest change {label(worst)} {drops[worst]:+.3f}",
                     "met" if drops[worst] >= 0 else f"missed by {-drops[worst]:.3f}"))
     return out
 
