@@ -19,7 +19,8 @@ The candidates:
   (`hybrid.candidate_scores`, as in its notebook's ablation; `pseudo` needs the model and is
   read from the runs' own development figures when they used it).
 * The ensemble's parts and share (ensemble.py): for each pair of ENSEMBLE_PAIRS whose scores
-  the runs have, the second part's share of the mixed z-scores.
+  the runs have, the second part's share of the mixed z-scores (a pair whose first part is the
+  run's `ensemble` asks whether a third method should join the mix it has).
 * GANomaly's best-epoch criterion `select`: the development AUROC of the epoch each criterion
   picks (training records it per epoch for this study; it never selects on it).
 * The complexity correction (complexity.py) of each method's score: as scored, or minus the
@@ -288,10 +289,12 @@ SECTIONS = (("GradCon: grad_weight (score = mse + w * l_grad)", "gradcon"),
             ("Hybrid: the score", "hybrid"),
             ("GANomaly: best-epoch criterion (select)", "ganomaly"))
 # the pairs the ensemble's parts are chosen from (notebook 06's `parts`, the second part's share
-# `gradcon_share`): the published pair, and RotNet with each method of the GAN family or GradCon;
-# a pair is studied where the runs have both parts' scores
+# `gradcon_share`): the published pair, RotNet with each method of the GAN family or GradCon, and
+# the f-AnoGAN encoder (the AnoGAN mapping that scores every image) with GANomaly or with the
+# run's own ensemble: (ensemble, fanogan) at share s is parts ganomaly,gradcon,fanogan with the
+# weights (1 - s) times the ensemble's and s; a pair is studied where the runs have both scores
 ENSEMBLE_PAIRS = (("ganomaly", "gradcon"), ("rotnet", "ganomaly"), ("rotnet", "hybrid"),
-                  ("rotnet", "gradcon"))
+                  ("rotnet", "gradcon"), ("ganomaly", "fanogan"), ("ensemble", "fanogan"))
 
 
 def study(sweeps: Sequence[tuple[str, Sequence, Sequence[int], Path]]) -> str:

@@ -132,6 +132,28 @@ def test_the_ensemble_pairs_are_judged_where_both_parts_were_scored(tmp_path):
     assert "### Ensemble of ganomaly and gradcon" not in text
 
 
+def test_a_third_method_joining_the_runs_ensemble_is_judged_as_a_pair_with_it(tmp_path):
+    """The run's ensemble separates half of the development anomalies, the f-AnoGAN encoder the
+    other half: the (ensemble, fanogan) section ranks a mix above either alone."""
+    runs = _sweep_folders(tmp_path, 2)
+    g = torch.Generator().manual_seed(3)
+    for r in runs:
+        shift = torch.cat([torch.full((45,), 4.0), torch.zeros(45)])
+        _write(r.folder, "ensemble", {"score": torch.randn(60, generator=g)},
+               {"score": torch.randn(90, generator=g) + shift}, {"score": torch.zeros(4)})
+        val, dev = torch.randn(60, generator=g), torch.randn(90, generator=g) + shift.flip(0)
+        # the encoder's score files also hold its mapping terms (the study's `lam` section)
+        _write(r.folder, "fanogan", {"score": val, "residual": val, "discrimination": val},
+               {"score": dev, "residual": dev, "discrimination": dev},
+               {k: torch.zeros(4) for k in ("score", "residual", "discrimination")})
+    results = devstudy.study_ensemble([r.folder for r in runs], ("ensemble", "fanogan"))
+    means = {k: np.mean(v) for k, v in results.items()}
+    assert max(means, key=means.get) not in ("share 0", "share 1")
+    assert means["share 0.5"] > max(means["share 0"], means["share 1"]) + 0.1
+    text = devstudy.study([("digits", [0, 1], [0], tmp_path)])
+    assert "### Ensemble of ensemble and fanogan" in text
+
+
 def test_anogan_head_candidates_are_fitted_on_validation_and_runs_without_the_head_left_out(
         tmp_path):
     runs = _sweep_folders(tmp_path, 2)
